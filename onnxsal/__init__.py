@@ -1,0 +1,17 @@
+"""onnxsal: saliency maps and attributions for any ONNX model, computed as ONNX graphs.
+
+    >>> import onnxsal
+    >>> ex = onnxsal.Explainer("model.onnx")
+    >>> maps = ex.attribute(images, method="guided_backprop")      # same shape as images
+    >>> onnx.save(onnxsal.compile("model.onnx", method="gradient"), "explain.onnx")
+"""
+
+from .errors import InvalidInputError, ModelLoadError, OnnxsalError, ProviderError, UnsupportedModelError
+from .explainer import Explainer, compile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Explainer", "InvalidInputError", "ModelLoadError", "OnnxsalError", "ProviderError",
+    "UnsupportedModelError", "compile", "__version__",
+]

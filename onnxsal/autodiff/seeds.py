@@ -1,0 +1,61 @@
+"""How the backward pass starts: the gradient fed into the explained output.
+
+- "argmax": one-hot of each sample's top class, computed inside the graph;
+- "target": one-hot of class indices fed at run time (an int64 [N] input named `target`);
+- "tensor": a seed of the output's shape fed at run time (regression, masks, several classes).
+Classes lie on axis 1; for outputs with more axes (segmentation) the class's whole map is seeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import UnsupportedModelError
+from .emitter import Emitter
+from .graph import GraphView
+
+SEED_KINDS = ("argmax", "target", "tensor")
+
+
+@dataclass(frozen=True)
+class SeedSpec:
+    kind: str = "argmax"
+
+    def __post_init__(self):
+        if self.kind not in SEED_KINDS:
+            raise ValueError(f"seed kind must be one of {SEED_KINDS}, not {self.kind!r}")
+
+
+def emit_seed(e: Emitter, view: GraphView, y: str, spec: SeedSpec) -> tuple[str, list[onnx.ValueInfoProto]]:
+    """Emit the seed of `y`; returns its name and the graph inputs it adds."""
+    et = view.elem_type(y)
+    shape = view.shape(y)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(et))
+    if spec.kind == "tensor":
+        name = e.fresh(f"{y}_seed")
+        return name, [helper.make_tensor_value_info(name, et, None if shape is None else list(shape))]
+    if shape is None:
+        raise UnsupportedModelError(f"the rank of output {y!r} is unknown; feed a seed tensor instead of a target.")
+    rank = len(shape)
+    if rank < 2:
+        raise UnsupportedModelError(
+            f"output {y!r} has rank {rank}, so it has no class axis; feed a seed tensor instead of a target."
+        )
+    new_inputs: list[onnx.ValueInfoProto] = []
+    if spec.kind == "target":
+        index = e.fresh("target")
+        batch = shape[0] if shape[0] is not None else "N"
+        new_inputs.append(helper.make_tensor_value_info(index, onnx.TensorProto.INT64, [batch]))
+    else:
+        scores = e.reduce("ReduceSum", y, list(range(2, rank)), keepdims=0) if rank > 2 else y
+        index = e.op("ArgMax", [scores], axis=1, keepdims=0)
+    depth = e.op("Gather", [e.op("Shape", [y]), e.ints([1], name="class_axis")], axis=0)
+    on_off = e.const(np.array([0, 1], dtype=dtype), name="off_on")
+    seed = e.op("OneHot", [index, depth, on_off], axis=-1)
+    if rank > 2:
+        seed = e.op("Expand", [e.unsqueeze(seed, list(range(2, rank))), e.op("Shape", [y])])
+    return seed, new_inputs

@@ -1,0 +1,21 @@
+"""The exceptions onnxsal raises: one family, each with a single sentence a user can act on."""
+
+
+class OnnxsalError(Exception):
+    """Base of every error onnxsal raises on purpose (bad model, bad input, unsupported graph)."""
+
+
+class ModelLoadError(OnnxsalError):
+    """The file or object is not a loadable, valid ONNX model, or it reaches outside its folder."""
+
+
+class UnsupportedModelError(OnnxsalError):
+    """The model is valid ONNX but cannot be differentiated as asked (missing rule, integer path...)."""
+
+
+class InvalidInputError(OnnxsalError):
+    """An input array, target or option does not fit the model."""
+
+
+class ProviderError(OnnxsalError):
+    """The requested execution provider cannot run here."""

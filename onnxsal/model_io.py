@@ -1,0 +1,81 @@
+"""Loading ONNX models from strangers: parse only, never execute; external data stays in its folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from .errors import ModelLoadError
+
+MAX_OPSET = 26  # the newest default-domain opset onnxruntime 1.31 runs
+MAX_IR_VERSION = 13  # the newest IR version onnxruntime 1.31 loads (it refuses 14)
+
+
+def _check_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    root = folder.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if not location or os.path.isabs(location) or Path(location).drive:
+            raise ModelLoadError(f"tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder.")
+        target = (folder / location).resolve()
+        if root not in target.parents:
+            raise ModelLoadError(f"tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder.")
+        if not target.is_file():
+            raise ModelLoadError(f"tensor {tensor.name!r} keeps its data in {location!r}, which does not exist.")
+
+
+def check_model(model: onnx.ModelProto, source: str = "the model") -> onnx.ModelProto:
+    """Validate with the ONNX checker and against what onnxruntime can load."""
+    if not isinstance(model, onnx.ModelProto) or not model.HasField("graph"):
+        raise ModelLoadError(f"{source} is not an ONNX model (it has no graph).")
+    if model.ir_version > MAX_IR_VERSION:
+        raise ModelLoadError(
+            f"{source} has ONNX IR version {model.ir_version}; onnxruntime loads up to {MAX_IR_VERSION} "
+            f"(re-save it with a lower ir_version)."
+        )
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > MAX_OPSET:
+            raise ModelLoadError(f"{source} uses opset {imp.version}; onnxruntime runs opsets up to {MAX_OPSET}.")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{source} fails the ONNX checker: {first}") from exc
+    return model
+
+
+def load_model(model) -> onnx.ModelProto:
+    """A checked ModelProto from a path, bytes, or a ModelProto."""
+    if isinstance(model, onnx.ModelProto):
+        return check_model(model)
+    if isinstance(model, (bytes, bytearray)):
+        try:
+            proto = onnx.load_from_string(bytes(model))
+        except Exception as exc:
+            raise ModelLoadError("the bytes given are not an ONNX model (protobuf parsing failed).") from exc
+        return check_model(proto)
+    if not isinstance(model, (str, os.PathLike)):
+        raise ModelLoadError(f"expected an ONNX model path, bytes or onnx.ModelProto, not {type(model).__name__}.")
+    path = Path(model)
+    if not path.exists():
+        raise ModelLoadError(f"model file {str(path)!r} does not exist.")
+    if not path.is_file():
+        raise ModelLoadError(f"{str(path)!r} is not a file.")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{str(path)!r} is not an ONNX model (protobuf parsing failed).") from exc
+    if not proto.HasField("graph") or len(proto.graph.node) == 0:
+        raise ModelLoadError(f"{str(path)!r} is not an ONNX model (it has no graph).")
+    _check_external_data(proto, path.parent)
+    try:
+        external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:
+        raise ModelLoadError(f"the external data of {str(path)!r} cannot be read: {exc}") from exc
+    return check_model(proto, repr(str(path)))
