@@ -16,7 +16,7 @@ from onnx import helper
 
 from ..errors import UnsupportedModelError
 from .emitter import Emitter
-from .graph import GraphView, Shape
+from .graph import GraphView, Shape, node_inputs
 from .registry import RuleContext, RuleSet
 from .seeds import SeedSpec, emit_seed
 
@@ -68,7 +68,7 @@ class _Driver:
         touched = set(wrt)  # values that depend on wrt in any way
         breaks: dict[str, onnx.NodeProto] = {}  # value -> node that turned the path non-differentiable
         for n in v.nodes:
-            ins = [x for x in n.input if x]
+            ins = node_inputs(n)
             if not any(x in touched for x in ins):
                 continue
             on = any(x in live for x in ins)
@@ -87,7 +87,7 @@ class _Driver:
         needed = {output}
         for n in reversed(v.nodes):
             if any(o in needed for o in n.output):
-                needed.update(x for x in n.input if x)
+                needed.update(node_inputs(n))
         for o, n in breaks.items():
             if o in needed and (n.op_type in QUANTIZED or o not in live):
                 kind = "a quantized operator" if n.op_type in QUANTIZED else "it turns the values into integers"
@@ -99,7 +99,7 @@ class _Driver:
             raise UnsupportedModelError(
                 f"output {output!r} does not depend on {', '.join(map(repr, wrt))}: there is no gradient to compute."
             )
-        nodes = [n for n in v.nodes if any(x in live for x in n.input) and any(o in live and o in needed for o in n.output)]
+        nodes = [n for n in v.nodes if any(x in live for x in node_inputs(n)) and any(o in live and o in needed for o in n.output)]
         for n in nodes:
             if n.op_type in CONTROL_FLOW:
                 raise UnsupportedModelError(

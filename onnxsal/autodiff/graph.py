@@ -60,13 +60,34 @@ def _dims(type_proto: onnx.TypeProto) -> Shape | None:
     return tuple(out)
 
 
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Outer-scope names a subgraph (If/Loop/Scan body) reads without defining them."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    reads: set[str] = set()
+    for n in graph.node:
+        reads.update(x for x in node_inputs(n) if x)
+        defined.update(n.output)
+    reads.update(o.name for o in graph.output)
+    return reads - defined
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Explicit inputs plus the outer values a control-flow node's subgraphs read."""
+    names = [x for x in node.input if x]
+    for a in node.attribute:
+        subgraphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sub in subgraphs:
+            names.extend(sorted(_subgraph_reads(sub) - set(names)))
+    return names
+
+
 def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
     """Nodes sorted so that every input is produced before it is used; a cycle is an error."""
     produced_by = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    pending = [sum(1 for x in set(n.input) if x and x in produced_by) for n in nodes]
+    pending = [sum(1 for x in set(node_inputs(n)) if x in produced_by) for n in nodes]
     users: dict[int, list[int]] = defaultdict(list)
     for i, n in enumerate(nodes):
-        for x in set(n.input):
+        for x in set(node_inputs(n)):
             if x and x in produced_by:
                 users[produced_by[x]].append(i)
     ready = [i for i, p in enumerate(pending) if p == 0]
@@ -113,9 +134,8 @@ class GraphView:
         self.producer: dict[str, onnx.NodeProto] = {o: n for n in self.nodes for o in n.output if o}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for n in self.nodes:
-            for x in n.input:
-                if x:
-                    self.consumers[x].append(n)
+            for x in node_inputs(n):
+                self.consumers[x].append(n)
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.input_names = [i.name for i in self.graph.input if i.name not in self.initializers]
         self.output_names = [o.name for o in self.graph.output]

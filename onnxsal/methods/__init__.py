@@ -34,6 +34,7 @@ def get(name: str) -> MethodFn:
 
 
 def compile_method(explainer, method: str, target: str, softmax: str, wrt):
+    get(method)  # an unknown name is reported as such
     if method not in _COMPILERS:
         raise InvalidInputError(f"method {method!r} cannot be compiled to one graph; compilable: {sorted(_COMPILERS)}.")
     return _COMPILERS[method](explainer, target=target, softmax=softmax, wrt=wrt)
