@@ -9,7 +9,9 @@ import onnx
 
 from . import methods as _methods
 from .autodiff import GradientGraph, SeedSpec, differentiate, rule_set
+from .autodiff.graph import GraphView
 from .errors import InvalidInputError
+from .methods.graphs import AttributionGraph
 from .inputs import Target, TensorSpec, check_feeds, check_target, model_inputs, specs
 from .model_io import load_model
 from .runtime import create_session, resolve_providers
@@ -34,8 +36,10 @@ class Explainer:
         if output is not None and output not in names:
             raise InvalidInputError(f"the model has no output named {output!r}; its outputs are {names}.")
         self.output = output or names[0]
-        self._graphs: dict[tuple, tuple[GradientGraph, object]] = {}
+        self._graphs: dict[tuple, GradientGraph] = {}
+        self._sessions: dict[tuple, tuple[AttributionGraph, object]] = {}
         self._forward = None
+        self._view: GraphView | None = None
 
     # -- graphs and sessions ------------------------------------------------------------------------
     def _wrt(self, wrt) -> tuple[str, ...]:
@@ -48,15 +52,54 @@ class Explainer:
 
     def gradient_graph(
         self, rules: str = "gradient", softmax: str = "identity", seed: str = "argmax", wrt=None, extra_outputs: Sequence[str] = ()
-    ) -> tuple[GradientGraph, object]:
-        """The (cached) gradient graph and its session for a rule set, softmax policy and seed kind."""
-        key = (rules, softmax, seed, self._wrt(wrt), tuple(extra_outputs))
+    ) -> GradientGraph:
+        """The (cached) gradient graph for a rule set, softmax policy, seed kind and wrt values."""
+        key = ("gradient_graph", rules, softmax, seed, self._wrt(wrt), tuple(extra_outputs))
         if key not in self._graphs:
-            gg = differentiate(self.model, rule_set(rules, softmax), wrt=list(key[3]), output=self.output,
-                               seed=SeedSpec(seed), extra_outputs=list(extra_outputs))
-            session = create_session(gg.model, self.providers, self._options, strict=self._strict_cuda)
-            self._graphs[key] = (gg, session)
+            self._graphs[key] = differentiate(self.model, rule_set(rules, softmax), wrt=list(key[4]), output=self.output,
+                                              seed=SeedSpec(seed), extra_outputs=list(extra_outputs))
         return self._graphs[key]
+
+    def method_graph(self, method: str, target_kind: str = "argmax", softmax: str = "identity", wrt=None, **options):
+        """The (cached) attribution graph of a graph method, and its session."""
+        m = _methods.get(method)
+        if m.build is None:
+            raise InvalidInputError(f"method {method!r} is not one graph run; graph methods: {_methods.compilable()}.")
+        key = ("method", method, target_kind, softmax, self._wrt(wrt), tuple(sorted(options.items())))
+        if key not in self._sessions:
+            graph = m.build(self, target_kind, softmax, self._wrt(wrt), **options)
+            self._sessions[key] = (graph, create_session(graph.model, self.providers, self._options, strict=self._strict_cuda))
+        return self._sessions[key]
+
+    def run_graph(self, graph: AttributionGraph, session, feeds: dict[str, np.ndarray], target: Target,
+                  batch_size: int | None = None, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run an attribution graph over checked feeds in chunks of `batch_size` samples.
+
+        Returns the attributions by explained value (and any `names` asked for, by name).
+        """
+        wanted = list(graph.attributions.values()) + list(names or [])
+        n = next(iter(feeds.values())).shape[0]
+        step = n if not batch_size or batch_size >= n else int(batch_size)
+        parts: list[list[np.ndarray]] = [[] for _ in wanted]
+        for lo in range(0, n, step):
+            chunk = {k: v[lo:lo + step] for k, v in feeds.items()}
+            if target.kind == "target":
+                chunk[graph.target_input] = target.value[lo:lo + step]
+            elif target.kind == "tensor":
+                chunk[graph.seed_input] = target.value[lo:lo + step]
+            for i, out in enumerate(session.run(wanted, chunk)):
+                parts[i].append(out)
+        joined = [np.concatenate(p, axis=0) if len(p) > 1 else p[0] for p in parts]
+        result = dict(zip(graph.attributions.keys(), joined))
+        result.update(zip(names or [], joined[len(graph.attributions):]))
+        return result
+
+    @property
+    def view(self) -> GraphView:
+        """The analysed forward graph (shapes, producers, layouts), computed once."""
+        if self._view is None:
+            self._view = GraphView(self.model)
+        return self._view
 
     @property
     def forward_session(self):
@@ -93,55 +136,63 @@ class Explainer:
             k = int(self.forward_session.run([self.output], first)[0].shape[1])
         return check_target(target, n, k, spec.shape, spec.dtype)
 
-    def run_gradient(
-        self, feeds: dict[str, np.ndarray], target: Target, rules: str = "gradient", softmax: str = "identity",
-        wrt=None, batch_size: int | None = None, extra_outputs: Sequence[str] = (),
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Gradients of the explained output for checked feeds, in chunks of `batch_size` samples.
-
-        Returns (gradients by wrt name, extra outputs by name).
-        """
-        gg, session = self.gradient_graph(rules, softmax, target.kind, wrt, extra_outputs)
-        n = next(iter(feeds.values())).shape[0]
-        step = n if not batch_size or batch_size >= n else int(batch_size)
-        names = list(gg.grads.values()) + list(extra_outputs)
-        parts: list[list[np.ndarray]] = [[] for _ in names]
-        for lo in range(0, n, step):
-            chunk = {k: v[lo:lo + step] for k, v in feeds.items()}
-            if target.kind == "target":
-                chunk[gg.target_input] = target.value[lo:lo + step]
-            elif target.kind == "tensor":
-                chunk[gg.seed_input] = target.value[lo:lo + step]
-            for i, out in enumerate(session.run(names, chunk)):
-                parts[i].append(out)
-        joined = [np.concatenate(p, axis=0) if len(p) > 1 else p[0] for p in parts]
-        grads = dict(zip(gg.grads.keys(), joined[: len(gg.grads)]))
-        return grads, dict(zip(extra_outputs, joined[len(gg.grads):]))
+    def top_classes(self, feeds: dict[str, np.ndarray]) -> Target:
+        """Each sample's top class as an explicit target (sampling methods fix it on the clean input)."""
+        scores = self.forward_session.run([self.output], feeds)[0]
+        if scores.ndim > 2:
+            scores = scores.reshape(scores.shape[0], scores.shape[1], -1).sum(-1)
+        return Target("target", scores.argmax(axis=1).astype(np.int64))
 
     def attribute(self, inputs, target=None, method: str = "gradient", *, softmax: str = "identity", wrt=None,
-                  batch_size: int | None = None, **options):
+                  batch_size: int | None = None, return_convergence_delta: bool = False, **options):
         """Attribution of the explained output to `inputs`, with the same shape and layout.
 
         `target`: None for each sample's top class, an int, one int per sample, or a float seed array
         of the output's shape. `method`: one of `onnxsal.methods.available()`. `softmax`:
         "identity" (start from the logits when the output is a softmax) or "keep". For several
         inputs pass a dict and name the one(s) to explain with `wrt`; a list of names returns a dict.
+        Method options (n_samples, n_steps, layer, ...) are passed through. With
+        return_convergence_delta=True (Integrated Gradients) returns (attribution, delta per sample).
         """
         feeds = self.feeds(inputs)
         checked = self.target(target, feeds)
-        result = _methods.get(method)(self, feeds, checked, softmax=softmax, wrt=wrt, batch_size=batch_size, **options)
+        m = _methods.get(method)
+        info: dict = {}
+        if m.attribute is not None:
+            result = m.attribute(self, feeds, checked, softmax=softmax, wrt=wrt, batch_size=batch_size, **options)
+            if isinstance(result, tuple):
+                result, info = result
+        else:
+            graph, session = self.method_graph(method, checked.kind, softmax, wrt, **options)
+            result = self.run_graph(graph, session, feeds, checked, batch_size)
         if wrt is None or isinstance(wrt, str):
-            return next(iter(result.values()))
+            result = next(iter(result.values()))
+        if return_convergence_delta:
+            if "convergence_delta" not in info:
+                raise InvalidInputError(f"method {method!r} has no convergence delta; integrated_gradients has.")
+            return result, info["convergence_delta"]
         return result
 
-    def compile(self, method: str = "gradient", target: str = "argmax", softmax: str = "identity", wrt=None) -> onnx.ModelProto:
+    def compile(self, method: str = "gradient", target: str = "argmax", softmax: str = "identity", wrt=None,
+                **options) -> onnx.ModelProto:
+        """The standalone attribution graph (see `onnxsal.compile`)."""
+        if target not in ("argmax", "target", "tensor"):
+            raise InvalidInputError(f"target must be 'argmax', 'target' or 'tensor' for a compiled graph, not {target!r}.")
+        m = _methods.get(method)
+        if m.build is None:
+            raise InvalidInputError(f"method {method!r} cannot be compiled to one graph; compilable: {_methods.compilable()}.")
+        return m.build(self, target, softmax, self._wrt(wrt), **options).model
+
+
+def compile(self, method: str = "gradient", target: str = "argmax", softmax: str = "identity", wrt=None) -> onnx.ModelProto:
         """The standalone attribution graph (see `onnxsal.compile`)."""
         if target not in ("argmax", "target", "tensor"):
             raise InvalidInputError(f"target must be 'argmax', 'target' or 'tensor' for a compiled graph, not {target!r}.")
         return _methods.compile_method(self, method, target, softmax, wrt)
 
 
-def compile(model, method: str = "gradient", target: str = "argmax", softmax: str = "identity", wrt=None) -> onnx.ModelProto:
+def compile(model, method: str = "gradient", target: str = "argmax", softmax: str = "identity", wrt=None,
+            **options) -> onnx.ModelProto:
     """A standalone ONNX graph: the model's inputs (plus an int64 `target` [N] when target="target",
-    or a seed when target="tensor") in, the model's outputs plus the attribution (`<input>_grad`) out."""
-    return Explainer(model, providers="cpu").compile(method, target=target, softmax=softmax, wrt=wrt)
+    or a seed when target="tensor") in; the model's outputs plus the attribution out."""
+    return Explainer(model, providers="cpu").compile(method, target=target, softmax=softmax, wrt=wrt, **options)

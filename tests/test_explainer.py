@@ -157,6 +157,6 @@ def test_forward_outputs_unchanged(model, explainer, x):
 
 def test_sessions_are_cached(explainer, x):
     explainer.attribute(x, method="deconvnet")
-    n = len(explainer._graphs)
+    n = len(explainer._sessions)
     explainer.attribute(x, method="deconvnet")
-    assert len(explainer._graphs) == n
+    assert len(explainer._sessions) == n

@@ -45,6 +45,7 @@ class GradientGraph:
     target_input: str | None  # int64 [N] class indices, when seeded by target
     seed_input: str | None  # seed tensor input, when seeded by a tensor
     path: list[str]  # names of the forward nodes that were differentiated
+    seed_value: str  # the value holding the seed of the output (reusable by a second pass)
 
 
 def _describe_node(n: onnx.NodeProto) -> str:
@@ -242,6 +243,7 @@ def differentiate(
     seed_value, new_inputs = emit_seed(drv.e, view, output, seed)
     drv.add(output, seed_value)
     drv.backward(nodes, output_heads(view, output))
+    seed_value = drv.final.get(output, seed_value)
 
     grads: dict[str, str] = {}
     for w in wrt:
@@ -268,10 +270,15 @@ def differentiate(
     model_out.opset_import.extend(model.opset_import)
     target = next((i.name for i in new_inputs if i.type.tensor_type.elem_type == onnx.TensorProto.INT64), None)
     seed_in = next((i.name for i in new_inputs if i.type.tensor_type.elem_type != onnx.TensorProto.INT64), None)
-    return GradientGraph(model_out, output, grads, target, seed_in, [n.name for n in nodes])
+    return GradientGraph(model_out, output, grads, target, seed_in, [n.name for n in nodes], seed_value)
 
 
 def _shape_for_info(shape: Shape | None):
     if shape is None:
         return None
     return [d if d is not None else None for d in shape]
+
+
+def differentiable_path(view: GraphView, rules: RuleSet, wrt: list[str], output: str) -> list[onnx.NodeProto]:
+    """The nodes on a path from `wrt` to `output`, checked as `differentiate` checks them."""
+    return _Driver(view, rules).path(wrt, output)

@@ -2,6 +2,8 @@
 
 Rules and the driver call `Emitter.op(...)` and the few opset-aware helpers below (ops whose
 axes moved from an attribute to an input across opsets), so no rule cares which opset it is in.
+Each node is checked against the model's opset as it is emitted: an op that opset cannot express
+is a clear error at build time, never a model that onnxruntime then refuses to load.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import checker, helper, numpy_helper
+
+from ..errors import UnsupportedModelError
 
 
 class Emitter:
@@ -22,6 +26,9 @@ class Emitter:
         self.consumed: set[str] = set()
         self._taken = set(taken)
         self.prefix = ""
+        self._check = checker.C.CheckerContext()
+        self._check.ir_version = onnx.IR_VERSION
+        self._check.opset_imports = {"": opset}
 
     # -- names ---------------------------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -54,12 +61,27 @@ class Emitter:
         else:
             outputs = [self.fresh(f"{node_name}_out{i}" if n_out > 1 else f"{node_name}_out") for i in range(n_out)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
+        if op_type == "ScatterElements" and self.opset < 11 and "reduction" not in attrs:
+            op_type = "Scatter"  # its name in opsets 9 and 10
         node = helper.make_node(op_type, list(inputs), outputs, name=node_name, **attrs)
+        self._check_node(node)
         self.nodes.append(node)
         self.consumed.update(inputs)
         for o in outputs:
             self.producer[o] = node
         return outputs[0] if n_out == 1 else outputs
+
+    def _check_node(self, node: onnx.NodeProto) -> None:
+        """A node the model's opset cannot express is a clear error now, not a broken model later."""
+        try:
+            checker.check_node(node, self._check)
+        except checker.ValidationError as err:
+            where = self.prefix.rstrip("/") or "the gradient"
+            reason = str(err).strip().splitlines()[0]
+            raise UnsupportedModelError(
+                f"{where} needs a {node.op_type} node that opset {self.opset} cannot express ({reason}); "
+                f"convert the model to a newer opset first (onnx.version_converter)."
+            ) from None
 
     def const(self, value, dtype=None, name: str = "const") -> str:
         """A constant (initializer) holding `value`."""
@@ -98,6 +120,18 @@ class Emitter:
         if self.opset >= 13:
             return self.op("Squeeze", [x, self.ints(axes)])
         return self.op("Squeeze", [x], axes=list(axes))
+
+    def slice(self, x: str, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int]) -> str:
+        """Slice with static bounds and unit steps (inputs from opset 10, attributes before)."""
+        if self.opset >= 10:
+            return self.op("Slice", [x, self.ints(starts, name="starts"), self.ints(ends, name="ends"), self.ints(axes)])
+        return self.op("Slice", [x], starts=list(starts), ends=list(ends), axes=list(axes))
+
+    def pad(self, x: str, pads: Sequence[int]) -> str:
+        """Zero padding by static `pads` (begins then ends; an input from opset 11, an attribute before)."""
+        if self.opset >= 11:
+            return self.op("Pad", [x, self.ints(pads, name="pads")], mode="constant")
+        return self.op("Pad", [x], mode="constant", pads=list(pads))
 
     def reshape_like(self, x: str, like: str) -> str:
         return self.op("Reshape", [x, self.op("Shape", [like])])

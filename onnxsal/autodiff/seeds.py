@@ -2,7 +2,8 @@
 
 - "argmax": one-hot of each sample's top class, computed inside the graph;
 - "target": one-hot of class indices fed at run time (an int64 [N] input named `target`);
-- "tensor": a seed of the output's shape fed at run time (regression, masks, several classes).
+- "tensor": a seed of the output's shape fed at run time (regression, masks, several classes);
+- "value": a seed value already in the graph (a second backward pass from the same seed).
 Classes lie on axis 1; for outputs with more axes (segmentation) the class's whole map is seeded.
 """
 
@@ -18,12 +19,16 @@ from ..errors import UnsupportedModelError
 from .emitter import Emitter
 from .graph import GraphView
 
-SEED_KINDS = ("argmax", "target", "tensor")
+SEED_KINDS = ("argmax", "target", "tensor", "value")
 
 
 @dataclass(frozen=True)
 class SeedSpec:
+    """How to seed; kind "value" reuses a seed already in the graph (`value` names it), so that a
+    second backward pass (guided Grad-CAM) starts from the very same one-hot."""
+
     kind: str = "argmax"
+    value: str | None = None
 
     def __post_init__(self):
         if self.kind not in SEED_KINDS:
@@ -35,6 +40,8 @@ def emit_seed(e: Emitter, view: GraphView, y: str, spec: SeedSpec) -> tuple[str,
     et = view.elem_type(y)
     shape = view.shape(y)
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(et))
+    if spec.kind == "value":
+        return spec.value, []
     if spec.kind == "tensor":
         name = e.fresh(f"{y}_seed")
         return name, [helper.make_tensor_value_info(name, et, None if shape is None else list(shape))]

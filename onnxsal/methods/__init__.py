@@ -1,43 +1,47 @@
-"""Attribution methods on top of the differentiator, by name (one module per family)."""
+"""Attribution methods by name: graph methods (one ONNX graph run) and sampling methods.
+
+A graph method only says how to build its `AttributionGraph`; the Explainer runs it and
+`onnxsal.compile` writes it out. A sampling method (SmoothGrad, Integrated Gradients) runs a
+gradient graph over batches of perturbed inputs, and can also be compiled with its samples
+batched inside one graph.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import InvalidInputError
 
-MethodFn = Callable[..., dict]
-_METHODS: dict[str, MethodFn] = {}
-_COMPILERS: dict[str, Callable] = {}
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    build: Callable | None  # (explainer, target_kind, softmax, wrt, **options) -> AttributionGraph
+    attribute: Callable | None = None  # (explainer, feeds, target, softmax, wrt, batch_size, **options) -> dict
+    summary: str = ""
 
 
-def register(name: str, compiler: Callable | None = None):
-    """Register `fn(explainer, feeds, target, **options) -> {wrt: attribution}` under `name`."""
+_METHODS: dict[str, Method] = {}
 
-    def deco(fn: MethodFn) -> MethodFn:
-        _METHODS[name] = fn
-        if compiler is not None:
-            _COMPILERS[name] = compiler
-        return fn
 
-    return deco
+def register(method: Method) -> Method:
+    _METHODS[method.name] = method
+    return method
 
 
 def available() -> list[str]:
     return sorted(_METHODS)
 
 
-def get(name: str) -> MethodFn:
+def compilable() -> list[str]:
+    return sorted(n for n, m in _METHODS.items() if m.build is not None)
+
+
+def get(name: str) -> Method:
     if name not in _METHODS:
         raise InvalidInputError(f"unknown method {name!r}; choose one of {available()}.")
     return _METHODS[name]
 
 
-def compile_method(explainer, method: str, target: str, softmax: str, wrt):
-    get(method)  # an unknown name is reported as such
-    if method not in _COMPILERS:
-        raise InvalidInputError(f"method {method!r} cannot be compiled to one graph; compilable: {sorted(_COMPILERS)}.")
-    return _COMPILERS[method](explainer, target=target, softmax=softmax, wrt=wrt)
-
-
-from . import gradients  # noqa: E402,F401  (registers the methods)
+from . import gradients, gradcam, integrated_gradients, smoothgrad  # noqa: E402,F401  (register the methods)

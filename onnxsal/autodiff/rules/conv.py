@@ -118,7 +118,7 @@ def conv_transpose(ctx: RuleContext, g):
     if ctx.attr("output_shape") is not None or _auto_pad(ctx) in ("SAME_UPPER", "SAME_LOWER"):
         if xs is None or ys is None:
             ctx.unsupported("output_shape/auto_pad need static spatial sizes")
-        upper = _auto_pad(ctx) != "SAME_LOWER"
+        upper = _auto_pad(ctx) == "SAME_UPPER"  # the spec (and onnxruntime): NOTSET splits like SAME_LOWER
         begin = []
         for i in range(n):
             total = strides[i] * (xs[i] - 1) + ctx.attr("output_padding", [0] * n)[i] + (kernel[i] - 1) * dilations[i] + 1 - ys[i]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..registry import RuleContext, rule
 
 
@@ -43,9 +45,19 @@ def neg(ctx: RuleContext, g):
 
 @rule("Identity", "Dropout")
 def identity(ctx: RuleContext, g):
-    if ctx.node.op_type == "Dropout" and ctx.attr("training_mode", 0):
+    if ctx.node.op_type == "Dropout" and _dropout_trains(ctx):
         ctx.unsupported("training-mode dropout is random; export the model in inference mode")
-    return [g]
+    return [g] + [None] * (len(ctx.node.input) - 1)
+
+
+def _dropout_trains(ctx: RuleContext) -> bool:
+    """Whether a Dropout may drop: `is_test` 0 before opset 7, a true (or run-time) `training_mode` from 12."""
+    if ctx.opset < 7:
+        return not ctx.attr("is_test", 0)
+    if ctx.opset < 12 or not ctx.input(2):
+        return False
+    mode = ctx.const(2)
+    return mode is None or bool(np.ravel(mode)[0])
 
 
 @rule("Cast")

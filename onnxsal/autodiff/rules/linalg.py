@@ -19,23 +19,32 @@ def gemm(ctx: RuleContext, g):
     ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)
     ga_ = gb_ = gc = None
     ga = g if alpha == 1.0 else ctx.op("Mul", [g, ctx.scalar(alpha)])
-    if ctx.wants[0]:  # dA' = g B'^T ; dA = (dA')^T when transA
-        ga_ = ctx.op("Gemm", [b, ga], transA=0 if tb else 1, transB=1) if ta else ctx.op("Gemm", [ga, b], transB=0 if tb else 1)
-    if ctx.wants[1]:  # dB' = A'^T g ; dB = (dB')^T when transB
-        gb_ = ctx.op("Gemm", [ga, a], transA=1, transB=0 if ta else 1) if tb else ctx.op("Gemm", [a, ga], transA=0 if ta else 1)
+    if ctx.wants[0]:  # dA' = g B'^T ; dA = (dA')^T = B' g^T when transA
+        ga_ = _product(ctx, b, ga, tb, 1) if ta else _product(ctx, ga, b, 0, 0 if tb else 1)
+    if ctx.wants[1]:  # dB' = A'^T g ; dB = (dB')^T = g^T A' when transB
+        gb_ = _product(ctx, ga, a, 1, ta) if tb else _product(ctx, a, ga, 0 if ta else 1, 0)
     if len(ctx.node.input) > 2 and ctx.wants[2]:
         gcb = g if beta == 1.0 else ctx.op("Mul", [g, ctx.scalar(beta)])
         gc = _unbroadcast_2d(ctx, gcb, ctx.input(2))
     return [ga_, gb_, gc]
 
 
+def _product(ctx: RuleContext, a: str, b: str, ta: int, tb: int) -> str:
+    """op(a) @ op(b) as a Gemm; before opset 11 Gemm needs a C, so it gets a zero."""
+    c = [ctx.scalar(0.0)] if ctx.opset < 11 else []
+    return ctx.op("Gemm", [a, b] + c, transA=ta, transB=tb)
+
+
 def _unbroadcast_2d(ctx: RuleContext, g: str, c: str) -> str:
+    """Sum the (M, N) gradient down to C's shape: (M, N), (M, 1), (1, N), (N,), (1,) or a scalar."""
     shape = ctx.shape(c)
-    rank = len(shape) if shape is not None else 2
+    if shape is None:
+        ctx.unsupported(f"the rank of the bias '{c}' is unknown")
+    rank = len(shape)
     out = g
-    if rank < 2:
-        out = ctx.emitter.reduce("ReduceSum", g, [0], keepdims=0)
-        return ctx.emitter.reshape_like(out, c)
+    if rank < 2:  # C lines up with the last axis: sum the rows, and the columns too if C has one entry
+        axes = [0] if rank == 1 and shape[0] != 1 else [0, 1]
+        return ctx.emitter.reshape_like(ctx.emitter.reduce("ReduceSum", g, axes, keepdims=1), c)
     axes = [i for i in range(2) if shape[i] == 1]
     if axes:
         out = ctx.emitter.reduce("ReduceSum", g, axes, keepdims=1)

@@ -35,14 +35,14 @@ def concat(ctx: RuleContext, g):
         shape = ctx.shape(x)
         size = shape[axis] if shape is not None else None
         if isinstance(size, int) and static_offset is not None:
-            start, end = e.ints([static_offset], name="start"), e.ints([static_offset + size], name="end")
+            out.append(e.slice(g, [static_offset], [static_offset + size], [axis]) if ctx.wants[i] else None)
             static_offset += size
-        else:  # run-time sizes
-            if static_offset is not None:
-                offset = e.ints([static_offset], name="start")
-                static_offset = None
-            start = offset
-            end = offset = ctx.op("Add", [offset, ctx.op("Slice", [ctx.op("Shape", [x]), e.ints([axis]), e.ints([axis + 1])])])
+            continue
+        if static_offset is not None:  # run-time sizes from here on
+            offset = e.ints([static_offset], name="start")
+            static_offset = None
+        start = offset
+        end = offset = ctx.op("Add", [offset, ctx.op("Slice", [ctx.op("Shape", [x]), e.ints([axis]), e.ints([axis + 1])])])
         out.append(ctx.op("Slice", [g, start, end, e.ints([axis])]) if ctx.wants[i] else None)
     return out
 
@@ -82,8 +82,7 @@ def slice_(ctx: RuleContext, g):
             lo, hi = slice(s, t).indices(shape[a])[:2]
             hi = max(hi, lo)
             pads[a], pads[rank + a] = lo, shape[a] - hi
-        e = ctx.emitter
-        return [ctx.op("Pad", [g, e.ints(pads, name="pads")], mode="constant")] + nones
+        return [ctx.emitter.pad(g, pads)] + nones
     # General case (steps, run-time bounds): slice a map of flat positions the same way, scatter.
     chosen = ctx.op("Slice", [index_map(ctx, x)] + list(ctx.node.input[1:]))
     return [scatter_flat(ctx, x, chosen, g, repeats=False)] + nones
@@ -114,13 +113,13 @@ def pad(ctx: RuleContext, g):
         full = [0] * (2 * rank)
         for i, a in enumerate(axes):
             full[a], full[rank + a] = grow[i], grow[n + i]
-        out = ctx.op("Pad", [out, e.ints(full, name="pads")], mode="constant")
+        out = e.pad(out, full)
     cut = [max(p, 0) for p in pads]  # where the forward padded, the gradient is cropped
     if any(cut):
         big = np.iinfo(np.int64).max
         starts = [cut[i] for i in range(n)]
         ends = [-cut[n + i] if cut[n + i] else big for i in range(n)]
-        out = ctx.op("Slice", [out, e.ints(starts, name="starts"), e.ints(ends, name="ends"), e.ints(axes)])
+        out = e.slice(out, starts, ends, axes)
     return [out] + [None] * (len(ctx.node.input) - 1)
 
 

@@ -1,0 +1,112 @@
+"""Grad-CAM (Selvaraju et al.), Grad-CAM++ (Chattopadhay et al.) and guided Grad-CAM, as one graph.
+
+weights α_k = spatial mean of ∂y/∂A_k (Grad-CAM++: the positive gradients weighted by
+g²/(2g² + ΣA·g³)); map = ReLU(Σ_k α_k A_k), upsampled to the input's spatial size (bilinear by
+default), min-max normalised per sample unless normalize=False. Guided Grad-CAM multiplies guided
+backprop by the upsampled map (Captum's definition), with a second backward pass from the same seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..autodiff import GRADIENT, SeedSpec, differentiable_path, differentiate, rule_set
+from ..errors import InvalidInputError
+from ..layers import feature_maps, guess_layout, resolve_layer
+from . import Method, register
+from .graphs import AttributionGraph, GraphEditor
+
+INTERPOLATIONS = ("bilinear", "nearest")
+
+
+def find_layer(explainer, x: str, layer: str | None):
+    path = differentiable_path(explainer.view, GRADIENT, [x], explainer.output)
+    return resolve_layer(explainer.view, feature_maps(explainer.view, [n.name for n in path]), layer)
+
+
+def _weights(e, grad: str, activations: str, spatial: list[int], plus: bool) -> str:
+    if not plus:
+        return e.reduce("ReduceMean", grad, spatial, keepdims=1)
+    g2 = e.op("Mul", [grad, grad])
+    g3 = e.op("Mul", [g2, grad])
+    total = e.reduce("ReduceSum", activations, spatial, keepdims=1)
+    dtype = np.float32
+    denom = e.op("Add", [e.op("Add", [e.op("Add", [g2, g2]), e.op("Mul", [total, g3])]), e.const(np.asarray(1e-7, dtype), name="eps")])
+    zero = e.const(np.asarray(0, dtype), name="zero")
+    alpha = e.op("Where", [e.op("Equal", [grad, zero]), zero, e.op("Div", [g2, denom])])
+    return e.reduce("ReduceSum", e.op("Mul", [e.op("Relu", [grad]), alpha]), spatial, keepdims=1)
+
+
+def _upsample(e, cam: str, x: str, x_layout: str, interpolation: str) -> str:
+    """cam [N,1,h,w] resized to x's spatial size."""
+    shape_x = e.op("Shape", [x])
+    lo, hi = (2, 4) if x_layout == "NCHW" else (1, 3)
+    sizes = e.op("Concat", [e.op("Slice", [e.op("Shape", [cam]), e.ints([0]), e.ints([2])]),
+                            e.op("Slice", [shape_x, e.ints([lo]), e.ints([hi])])], axis=0)
+    if e.opset >= 13:
+        ins = [cam, "", "", sizes]
+    else:
+        empty = e.const(np.zeros(0, np.float32), name="empty")
+        ins = [cam, empty, empty, sizes]
+    if interpolation == "bilinear":
+        return e.op("Resize", ins, mode="linear", coordinate_transformation_mode="half_pixel")
+    return e.op("Resize", ins, mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
+def build_gradcam(explainer, target_kind, softmax, wrt, layer=None, interpolation="bilinear", normalize=None,
+                  plus=False, guided=False, name="gradcam"):
+    if interpolation not in INTERPOLATIONS:
+        raise InvalidInputError(f"interpolation must be one of {INTERPOLATIONS}, not {interpolation!r}.")
+    x = wrt[0]
+    x_shape = explainer.view.shape(x)
+    if x_shape is None or len(x_shape) != 4:
+        raise InvalidInputError(f"Grad-CAM explains image inputs of rank 4; {x!r} has shape {x_shape}.")
+    fm = find_layer(explainer, x, layer)
+    gg = explainer.gradient_graph("gradient", softmax, target_kind, [fm.value])
+    model, drop = gg.model, [gg.grads[fm.value]]
+    guided_grad = None
+    if guided:
+        second = differentiate(model, rule_set("guided_backprop", softmax), wrt=[x], output=explainer.output,
+                               seed=SeedSpec("value", gg.seed_value))
+        model, guided_grad = second.model, second.grads[x]
+        drop.append(guided_grad)
+    ed = GraphEditor(model, prefix=f"{name}/")
+    e = ed.e
+    weights = _weights(e, gg.grads[fm.value], fm.value, fm.spatial_axes, plus)
+    cam = e.op("Relu", [e.reduce("ReduceSum", e.op("Mul", [weights, fm.value]), [fm.channel_axis], keepdims=1)])
+    if fm.layout == "NHWC":
+        cam = e.transpose(cam, [0, 3, 1, 2])
+    x_layout = guess_layout(x_shape)
+    cam = _upsample(e, cam, x, x_layout, interpolation)
+    if normalize is None:
+        normalize = not guided
+    if normalize:
+        lo = e.reduce("ReduceMin", cam, [1, 2, 3], keepdims=1)
+        span = e.op("Max", [e.op("Sub", [e.reduce("ReduceMax", cam, [1, 2, 3], keepdims=1), lo]),
+                            e.const(np.asarray(1e-12, np.float32), name="tiny")])
+        cam = e.op("Div", [e.op("Sub", [cam, lo]), span])
+    if x_layout == "NHWC":
+        cam = e.transpose(cam, [0, 2, 3, 1])
+    out = e.fresh(name)
+    if guided:
+        e.op("Mul", [guided_grad, cam], out=out)
+    else:
+        e.op("Identity", [cam], out=out)
+    et = explainer.view.elem_type(x)
+    shape = [x_shape[0], x_shape[1], x_shape[2], x_shape[3]]
+    if not guided:
+        shape[1 if x_layout == "NCHW" else 3] = 1
+    model = ed.finish([(out, et, shape)], drop=tuple(drop))
+    return AttributionGraph(model, {x: out}, gg.target_input, gg.seed_input, {"layer": fm.value})
+
+
+def _variant(name: str, **fixed):
+    def build(explainer, target_kind, softmax, wrt, **options):
+        return build_gradcam(explainer, target_kind, softmax, wrt, name=name, **fixed, **options)
+
+    return build
+
+
+register(Method("gradcam", _variant("gradcam"), summary="ReLU(Σ_k mean(∂y/∂A_k)·A_k), upsampled"))
+register(Method("gradcam_plus_plus", _variant("gradcam_plus_plus", plus=True), summary="Grad-CAM++ weights"))
+register(Method("guided_gradcam", _variant("guided_gradcam", guided=True), summary="guided backprop × Grad-CAM"))
