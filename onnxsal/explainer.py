@@ -157,6 +157,7 @@ class Explainer:
         feeds = self.feeds(inputs)
         checked = self.target(target, feeds)
         m = _methods.get(method)
+        _methods.check_options(m, options)
         info: dict = {}
         if m.attribute is not None:
             result = m.attribute(self, feeds, checked, softmax=softmax, wrt=wrt, batch_size=batch_size, **options)
@@ -181,6 +182,7 @@ class Explainer:
         m = _methods.get(method)
         if m.build is None:
             raise InvalidInputError(f"method {method!r} cannot be compiled to one graph; compilable: {_methods.compilable()}.")
+        _methods.check_options(m, options, compiled=True)
         return m.build(self, target, softmax, self._wrt(wrt), **options).model
 
 

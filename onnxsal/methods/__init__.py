@@ -8,6 +8,7 @@ batched inside one graph.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,22 @@ def available() -> list[str]:
 
 def compilable() -> list[str]:
     return sorted(n for n, m in _METHODS.items() if m.build is not None)
+
+
+def options(method: Method, compiled: bool = False) -> list[str]:
+    """The keyword options a method takes (beyond inputs, target, softmax, wrt, batch_size)."""
+    fn = method.build if compiled or method.attribute is None else method.attribute
+    params = inspect.signature(fn).parameters.values()
+    fixed = {"explainer", "feeds", "target", "target_kind", "softmax", "wrt", "batch_size"}
+    return [p.name for p in params if p.name not in fixed and p.kind is not p.VAR_KEYWORD]
+
+
+def check_options(method: Method, given: dict, compiled: bool = False) -> None:
+    """Unknown options are a clear error naming the ones the method takes."""
+    allowed = options(method, compiled)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise InvalidInputError(f"method {method.name!r} has no option {unknown[0]!r}; its options are {allowed}.")
 
 
 def get(name: str) -> Method:

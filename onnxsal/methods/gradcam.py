@@ -100,9 +100,10 @@ def build_gradcam(explainer, target_kind, softmax, wrt, layer=None, interpolatio
     return AttributionGraph(model, {x: out}, gg.target_input, gg.seed_input, {"layer": fm.value})
 
 
-def _variant(name: str, **fixed):
-    def build(explainer, target_kind, softmax, wrt, **options):
-        return build_gradcam(explainer, target_kind, softmax, wrt, name=name, **fixed, **options)
+def _variant(name: str, plus: bool = False, guided: bool = False):
+    def build(explainer, target_kind, softmax, wrt, layer=None, interpolation="bilinear", normalize=None):
+        return build_gradcam(explainer, target_kind, softmax, wrt, layer=layer, interpolation=interpolation,
+                             normalize=normalize, plus=plus, guided=guided, name=name)
 
     return build
 

@@ -1,6 +1,6 @@
 """Integrated Gradients (Sundararajan et al.): (x − x') × ∫₀¹ ∂F(x' + α(x − x'))/∂x dα.
 
-The integral is a quadrature over n_steps points (default 50): Gauss-Legendre (default) or the
+The integral is a quadrature (`integration=`) over n_steps points (default 50): Gauss-Legendre or the
 Riemann left/right/middle/trapezoid rules, with Captum's nodes and weights. The completeness gap
 Σ attribution − (F(x) − F(x')) is returned with return_convergence_delta=True and a warning is
 raised when it is large. F is the explained score: the logit when softmax is taken as identity.
@@ -16,6 +16,7 @@ from ..autodiff import output_heads
 from ..errors import InvalidInputError
 from . import Method, register
 from .graphs import GraphEditor
+from .expand import build_integrated_gradients
 from .sampling import accumulate, fixed_target
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
@@ -39,7 +40,7 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
         w = np.full(n_steps, 1 / (n_steps - 1))
         w[0] = w[-1] = 1 / (2 * (n_steps - 1))
         return np.linspace(0, 1, n_steps), w
-    raise InvalidInputError(f"method must be one of {RULES}, not {method!r}.")
+    raise InvalidInputError(f"integration must be one of {RULES}, not {method!r}.")
 
 
 def baseline_for(name: str, x: np.ndarray, baselines) -> np.ndarray:
@@ -82,11 +83,11 @@ def scores(explainer, feeds: dict[str, np.ndarray], target, softmax: str) -> np.
 
 
 def integrated_gradients(explainer, feeds, target, softmax="identity", wrt=None, batch_size=None, *,
-                         baselines=None, n_steps=50, method="gausslegendre", base="gradient",
+                         baselines=None, n_steps=50, integration="gausslegendre", base="gradient",
                          internal_batch_size=None, progress=None):
     """Returns ({wrt: attribution}, {"convergence_delta": Σ attribution − (F(x) − F(x')) per sample})."""
     wrt = explainer._wrt(wrt)
-    alphas, weights = quadrature(method, int(n_steps))
+    alphas, weights = quadrature(integration, int(n_steps))
     target = fixed_target(explainer, feeds, target)
     base_values = {name: baseline_for(name, feeds[name], baselines) for name in wrt}
 
@@ -111,4 +112,4 @@ def integrated_gradients(explainer, feeds, target, softmax="identity", wrt=None,
     return out, {"convergence_delta": delta}
 
 
-register(Method("integrated_gradients", None, integrated_gradients, summary="path integral of gradients from a baseline"))
+register(Method("integrated_gradients", build_integrated_gradients, integrated_gradients, summary="path integral of gradients from a baseline"))

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from . import Method, register
+from .expand import build_smoothgrad
 from .sampling import accumulate, fixed_target
 
 AGGREGATIONS = {"mean": "mean", "smoothgrad": "mean", "square": "square", "smoothgrad_sq": "square",
@@ -92,4 +93,4 @@ def smoothgrad(explainer, feeds, target, softmax="identity", wrt=None, batch_siz
     return out
 
 
-register(Method("smoothgrad", None, smoothgrad, summary="mean of a gradient method over noisy copies"))
+register(Method("smoothgrad", build_smoothgrad, smoothgrad, summary="mean of a gradient method over noisy copies"))
