@@ -25,6 +25,96 @@ def demo(out_dir: str, providers: str):
     run_demo(out_dir, providers=providers)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--output", "output", default=None, help="The output to explain (default: the first).")
+def inspect(model: str, as_json: bool, output: str | None):
+    """Show MODEL's inputs, ops, gradient coverage, rectifiers, softmax head and Grad-CAM layers."""
+    import json
+
+    from .inspection import format_report, inspect_model
+
+    report = inspect_model(model, output=output)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+
+
+def _size(value: str | None):
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HxW such as 224x224, not {value!r}") from None
+    return h, w
+
+
+def _options(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE method options; values read as Python literals (numbers, True, None) or kept as text."""
+    import ast
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, not {pair!r}", param_hint="--option")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@click.option("-m", "--method", default="guided_backprop", show_default=True, help="Attribution method (see `onnxsal methods`).")
+@click.option("-t", "--target", type=int, default=None, help="Class to explain (default: each image's top class).")
+@click.option("-p", "--preprocess", "preset", default="auto", show_default=True,
+              type=click.Choice(["auto", "imagenet", "keras", "caffe", "unit", "raw"]),
+              help="auto: what the model's metadata says, else [0, 1].")
+@click.option("--size", default=None, help="HxW to resize to, when the model's input size is not fixed.")
+@click.option("--softmax", type=click.Choice(["identity", "keep"]), default="identity", show_default=True)
+@click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--cmap", default="jet", show_default=True, type=click.Choice(["jet", "viridis", "hot", "gray"]))
+@click.option("--resume", is_flag=True, help="Skip images whose outputs already exist.")
+@click.option("--option", "option", multiple=True, help="Method option KEY=VALUE (e.g. n_samples=25, layer=NAME).")
+@click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+def explain(model, images, method, target, preset, size, softmax, batch_size, cmap, resume, option, providers, out_dir):
+    """Explain IMAGES (files or folders) with MODEL: writes PNG overlays and .npy maps to --out."""
+    from .batch import explain_images
+
+    results = explain_images(model, images, out_dir, method=method, target=target, preset=preset, size=_size(size),
+                             softmax=softmax, batch_size=batch_size, providers=providers, resume=resume, cmap=cmap,
+                             **_options(option))
+    failed = [r for r in results if r.error]
+    for r in results:
+        if r.error:
+            continue
+        what = "skipped, outputs exist" if r.skipped else f"class {r.predicted}" + (f" ({r.label})" if r.label else "") + f" score {r.score:.4g}"
+        click.echo(f"{r.image}: {what} -> {r.written[0]}")
+    if failed:
+        click.echo(f"{len(failed)} of {len(results)} images failed:", err=True)
+        for r in failed:
+            click.echo(f"  {r.image}: {r.error}", err=True)
+        raise SystemExit(1)
+
+
+@cli.command()
+def methods():
+    """List the attribution methods and their options."""
+    from . import methods as registry
+
+    for name in registry.available():
+        m = registry.get(name)
+        compiled = " (compilable)" if m.build is not None else ""
+        click.echo(f"{name}{compiled}: {m.summary}")
+        opts = registry.options(m)
+        if opts:
+            click.echo(f"    options: {', '.join(opts)}")
+
+
 @cli.command("compile")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--method", default="gradient", show_default=True)
@@ -54,6 +144,8 @@ def main(argv=None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
+    except SystemExit as exc:
+        return int(exc.code or 0)
     return 0
 
 

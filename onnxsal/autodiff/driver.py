@@ -63,7 +63,9 @@ class _Driver:
         self.final: dict[str, str] = {}
 
     # -- which nodes lie on the path -------------------------------------------------------------
-    def path(self, wrt: list[str], output: str) -> list[onnx.NodeProto]:
+    def path(self, wrt: list[str], output: str, check_rules: bool = True) -> list[onnx.NodeProto]:
+        """Nodes on a path from wrt to output; raises for integer/quantized breaks and, when
+        `check_rules`, for control flow and ops without a rule on the path."""
         v = self.view
         live = set(wrt)  # float values that depend differentiably on wrt
         touched = set(wrt)  # values that depend on wrt in any way
@@ -101,7 +103,8 @@ class _Driver:
                 f"output {output!r} does not depend on {', '.join(map(repr, wrt))}: there is no gradient to compute."
             )
         nodes = [n for n in v.nodes if any(x in live for x in node_inputs(n)) and any(o in live and o in needed for o in n.output)]
-        for n in nodes:
+        self.live, self.needed = live, needed
+        for n in nodes if check_rules else []:
             if n.op_type in CONTROL_FLOW:
                 raise UnsupportedModelError(
                     f"{_describe_node(n)} lies on the path from {wrt[0]!r} to {output!r}; control flow "
@@ -113,7 +116,6 @@ class _Driver:
                     f"no gradient rule for op type {n.op_type}{dom} at node '{n.name}', which lies on "
                     f"the path from {wrt[0]!r} to {output!r}."
                 )
-        self.live, self.needed = live, needed
         return nodes
 
     # -- gradient bookkeeping ----------------------------------------------------------------------
@@ -279,6 +281,6 @@ def _shape_for_info(shape: Shape | None):
     return [d if d is not None else None for d in shape]
 
 
-def differentiable_path(view: GraphView, rules: RuleSet, wrt: list[str], output: str) -> list[onnx.NodeProto]:
+def differentiable_path(view: GraphView, rules: RuleSet, wrt: list[str], output: str, check_rules: bool = True) -> list[onnx.NodeProto]:
     """The nodes on a path from `wrt` to `output`, checked as `differentiate` checks them."""
-    return _Driver(view, rules).path(wrt, output)
+    return _Driver(view, rules).path(wrt, output, check_rules)

@@ -6,6 +6,10 @@ inside (min, max).
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
+
+from ..graph import GraphView
 from ..registry import RuleContext, rule
 
 
@@ -17,14 +21,21 @@ def clip_bounds(ctx: RuleContext) -> tuple[str | None, str | None]:
     return (None if lo is None else ctx.scalar(lo), None if hi is None else ctx.scalar(hi))
 
 
-def is_rectifier(ctx: RuleContext) -> bool:
+def is_rectifier_node(view: GraphView, node: onnx.NodeProto) -> bool:
     """Relu, and Clip with a minimum of exactly 0 (ReLU6 and friends)."""
-    if ctx.node.op_type == "Relu":
+    if node.op_type == "Relu":
         return True
-    if ctx.node.op_type != "Clip":
+    if node.op_type != "Clip":
         return False
-    lo = ctx.const(1) if ctx.opset >= 11 else ctx.attr("min")
-    return lo is not None and float(lo) == 0.0
+    if view.opset >= 11:
+        lo = view.const(node.input[1]) if len(node.input) > 1 else None
+    else:
+        lo = next((a.f for a in node.attribute if a.name == "min"), None)
+    return lo is not None and np.size(lo) == 1 and float(np.ravel(lo)[0]) == 0.0
+
+
+def is_rectifier(ctx: RuleContext) -> bool:
+    return is_rectifier_node(ctx.view, ctx.node)
 
 
 @rule("Relu")
