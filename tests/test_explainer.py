@@ -160,3 +160,15 @@ def test_sessions_are_cached(explainer, x):
     n = len(explainer._sessions)
     explainer.attribute(x, method="deconvnet")
     assert len(explainer._sessions) == n
+
+
+def test_resize_with_a_free_batch_axis():
+    """Only resized axes need static sizes (exported models have a symbolic batch)."""
+    scales = np.array([1, 1, 2, 2], np.float32)
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest", name="up"),
+             helper.make_node("ReduceMean", ["r"], ["y"], axes=[2, 3], keepdims=0, name="mean")]
+    model = make_model(nodes, [("x", F, ["N", 2, 3, 3])], [("y", F, ["N", 2])], {"scales": scales}, opset=17)
+    g = onnxsal.Explainer(model, providers="cpu").attribute(np.random.rand(3, 2, 3, 3).astype(np.float32), target=0)
+    expected = np.zeros((3, 2, 3, 3), np.float32)
+    expected[:, 0] = 4 / 36
+    np.testing.assert_allclose(g, expected, rtol=1e-6)

@@ -254,7 +254,7 @@ def differentiate(
             raise UnsupportedModelError(f"no gradient reaches {w!r} from {output!r}.")
         grads[w] = name
 
-    model_out = onnx.ModelProto.FromString(view.model.SerializeToString())
+    model_out = view.model  # the view's own copy; the view is not used after this
     graph = model_out.graph
     graph.node.extend(drv.e.nodes)
     graph.initializer.extend(drv.e.initializers)

@@ -107,11 +107,38 @@ def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[
     return [nodes[i] for i in order]
 
 
+def _infer_without_weights(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """ONNX shape inference on a copy that leaves out the large initializers (declared as inputs of
+    their shape instead): the weights of a big model are never copied or scanned for it."""
+    g = model.graph
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    lg = light.graph
+    lg.name = g.name
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    declared = {i.name for i in g.input}
+    for t in g.initializer:
+        if int(np.prod(t.dims)) <= 64:  # small constants (shapes, axes) take part in data propagation
+            lg.initializer.append(t)
+        elif t.name not in declared:
+            lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    try:
+        inferred = shape_inference.infer_shapes(light, data_prop=True).graph
+        return list(inferred.value_info) + list(inferred.output)
+    except Exception:  # inference is a help, not a requirement: rules ask for what they need
+        return list(g.value_info)
+
+
 class GraphView:
     """Everything the differentiator asks of the forward graph, computed once.
 
-    The model is copied, every node is given a unique name (gradient nodes are named after them),
-    the nodes are put in topological order, and ONNX shape inference fills in types and shapes.
+    The model is copied once (the copy is the view's own: `differentiate` builds its result in it),
+    every node is given a unique name (gradient nodes are named after them), the nodes are put in
+    topological order, and ONNX shape inference fills in types and shapes.
     """
 
     def __init__(self, model: onnx.ModelProto):
@@ -124,12 +151,9 @@ class GraphView:
         ordered = topological_order(list(g.node), available)
         del g.node[:]
         g.node.extend(ordered)
-        try:
-            model = shape_inference.infer_shapes(model, data_prop=True)
-        except Exception:  # inference is a help, not a requirement: rules ask for what they need
-            pass
         self.model = model
         self.graph = model.graph
+        inferred = _infer_without_weights(model)
         self.nodes: list[onnx.NodeProto] = list(self.graph.node)
         self.producer: dict[str, onnx.NodeProto] = {o: n for n in self.nodes for o in n.output if o}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -143,7 +167,7 @@ class GraphView:
         self._const_cache: dict[str, np.ndarray] = {}
         self.types: dict[str, int] = {}
         self.shapes: dict[str, Shape | None] = {}
-        for vi in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
+        for vi in list(self.graph.input) + list(self.graph.output) + list(inferred):
             if vi.type.HasField("tensor_type"):
                 self.types[vi.name] = vi.type.tensor_type.elem_type
                 self.shapes[vi.name] = _dims(vi.type)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..registry import RuleContext, rule
 
 
@@ -100,7 +102,32 @@ def conv(ctx: RuleContext, g):
     if not kernel:
         ctx.unsupported("the kernel shape is unknown")
     geo = geometry(ctx, spatial(ctx, x), kernel)
-    return [transpose_back(ctx, g, x, ctx.y, w, geo, ctx.attr("group", 1)), None, None]
+    group = ctx.attr("group", 1)
+    gx = correlate_back(ctx, g, w, geo, group)
+    if gx is None:
+        gx = transpose_back(ctx, g, x, ctx.y, w, geo, group)
+    return [gx, None, None]
+
+
+def correlate_back(ctx: RuleContext, g: str, w: str, geo: Geometry, group: int) -> str | None:
+    """The input gradient of a stride-1 Conv with constant weights, as a Conv: full correlation of g
+    with the weights flipped in space and transposed within each group, prepared once here.
+    ONNX Runtime's Conv kernels are much faster than its ConvTranspose (above all for depthwise
+    convolutions). None when the conv is strided or its weights are computed at run time."""
+    weights = ctx.const(1)
+    if weights is None or any(s != 1 for s in geo.strides):
+        return None
+    begin = [e - 1 - b for e, b in zip(geo.extent, geo.begin)]
+    end = [e - 1 - b for e, b in zip(geo.extent, geo.end)]
+    if min(begin + end) < 0:  # padding wider than the kernel: the transposed form handles it
+        return None
+    m, per_group = weights.shape[:2]
+    spatial_axes = tuple(range(2, weights.ndim))
+    grouped = weights.reshape((group, m // group, per_group) + weights.shape[2:])
+    flipped = np.flip(grouped.swapaxes(1, 2), axis=tuple(a + 1 for a in spatial_axes))
+    kernel = np.ascontiguousarray(flipped.reshape((group * per_group, m // group) + weights.shape[2:]))
+    return ctx.op("Conv", [g, ctx.emitter.const(kernel, name="flipped_weights")], pads=begin + end,
+                  dilations=geo.dilations, group=group, kernel_shape=geo.kernel)
 
 
 @rule("ConvTranspose")

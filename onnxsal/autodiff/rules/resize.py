@@ -81,9 +81,9 @@ def _legacy(ctx: RuleContext) -> bool:
 @rule("Resize", "Upsample")
 def resize(ctx: RuleContext, g):
     x = ctx.x
-    xs, ys = ctx.view.static_shape(x), ctx.view.static_shape(ctx.y)
+    xs, ys = ctx.shape(x), ctx.shape(ctx.y)
     if xs is None or ys is None:
-        ctx.unsupported("Resize gradients need static input and output shapes")
+        ctx.unsupported("Resize gradients need the ranks of the input and output")
     rank = len(xs)
     scales_in = 1 if _legacy(ctx) else 2
     scales = ctx.const(scales_in) if ctx.input(scales_in) else None
@@ -103,8 +103,11 @@ def resize(ctx: RuleContext, g):
     out = g
     for axis in range(rank):
         scale = None if scales is None else float(scales[axis])
-        if xs[axis] == ys[axis] and (scale is None or scale == 1.0) and (rois is None or rois[axis] == (0.0, 1.0)):
-            continue
+        untouched = (scale is None or scale == 1.0) and (rois is None or rois[axis] == (0.0, 1.0))
+        if untouched and (xs[axis] == ys[axis] or scale == 1.0):
+            continue  # (a free batch axis resized by 1 is left alone)
+        if not isinstance(xs[axis], int) or not isinstance(ys[axis], int):
+            ctx.unsupported(f"axis {axis} is resized, and its sizes must be static, not {xs[axis]} -> {ys[axis]}")
         roi = None if rois is None else rois[axis]
         r = _interpolation_matrix(ctx, axis, rank, xs[axis], ys[axis], scale, roi).astype(ctx.dtype)
         if axis == rank - 1:
