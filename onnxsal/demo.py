@@ -50,9 +50,12 @@ def saliency_figure(images, labels, pred, conf, maps, accuracy: str | None = Non
     rows = [[vis.to_uint8_image(images[i])] + [heats[c][i] for c in columns] for i in range(len(images))]
     titles = ["input", "vanilla", "guided", "deconvnet", "negate\n(guided)", "guided,\nsoftmax kept"]
     row_titles = [f"digit {labels[i]}\npred {pred[i]}\n{100 * conf[i]:.1f}%" for i in range(len(images))]
+    # min-max display hides the scale; the caption keeps it (the kept softmax shrinks it by ~p(1-p))
+    peaks = {c: np.abs(maps[c]).reshape(len(images), -1).max(axis=1) for c in columns}
+    captions = [[""] + [f"max |g| {peaks[c][i]:.2g}" for c in columns] for i in range(len(images))]
     acc = f", test accuracy {float(accuracy):.1%}" if accuracy else ""
     title = f"MNIST CNN{acc}: |saliency| for the true class (jet, min-max per map)"
-    return vis.grid(rows, titles=[t for t in titles], row_titles=row_titles, title=title, cell=CELL)
+    return vis.grid(rows, titles=titles, row_titles=row_titles, title=title, captions=captions, cell=CELL)
 
 
 def parts_figure(images, labels, maps, digits=PARTS_DIGITS):

@@ -11,18 +11,20 @@ sample) -> `normalize` (to [0, 1], per sample) -> `apply_cmap` / `overlay` -> `g
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .io_utils import write_bytes_atomic
+
 __all__ = [
     "CMAPS", "apply_cmap", "colormap", "grid", "normalize", "normalize_signed", "overlay",
     "reduce_channels", "save_png", "to_uint8_image",
 ]
+
 
 REDUCTIONS = ("max_abs", "sum_abs", "positive", "negative", "sum", "none")
 _SMALL = 4  # a dimension this small (1 gray, 3 RGB, 4 RGBA) is taken for channels by layout="auto"
@@ -30,7 +32,8 @@ _SMALL = 4  # a dimension this small (1 gray, 3 RGB, 4 RGBA) is taken for channe
 
 # -- layouts and channel reductions -------------------------------------------------------------------
 def _channel_axis(shape: tuple[int, ...], layout: str) -> int:
-    """The channel axis of a CHW/HWC image or NCHW/NHWC batch; "auto" looks for the small axis."""
+    """The channel axis of a CHW/HWC image or NCHW/NHWC batch; "auto" looks for the one small axis
+    (1, 3 or 4 channels), else for the layout whose two spatial sizes are equal, else channels first."""
     layout = layout.upper()
     first, last = (1, 3) if len(shape) == 4 else (0, 2)
     if layout in ("NCHW", "CHW"):
@@ -43,7 +46,12 @@ def _channel_axis(shape: tuple[int, ...], layout: str) -> int:
         return first
     if shape[last] <= _SMALL < shape[first]:
         return last
-    return first  # ambiguous (e.g. 3x3x3): ONNX's own convention, channels first
+    h, w = (shape[first + 1], shape[first + 2])  # no small axis (inner feature maps): square images
+    if h == w != shape[first]:
+        return first
+    if shape[first] == shape[first + 1] != shape[last]:
+        return last
+    return first  # still ambiguous (e.g. 3x3x3): ONNX's own convention, channels first
 
 
 def reduce_channels(attr, how: str = "max_abs", layout: str = "auto") -> np.ndarray:
@@ -57,7 +65,8 @@ def reduce_channels(attr, how: str = "max_abs", layout: str = "auto") -> np.ndar
     a = np.asarray(attr)
     if a.dtype.kind not in "fiu":
         raise ValueError(f"an attribution must be a numeric array, not {a.dtype}.")
-    a = a.astype(np.float32, copy=False)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float32)
     if how not in REDUCTIONS:
         raise ValueError(f"how must be one of {REDUCTIONS}, not {how!r}.")
     if a.ndim == 2:
@@ -87,7 +96,7 @@ def reduce_channels(attr, how: str = "max_abs", layout: str = "auto") -> np.ndar
 
 # -- normalisation ------------------------------------------------------------------------------------------
 def _per_sample(maps) -> tuple[np.ndarray, bool]:
-    m = np.asarray(maps, dtype=np.float32)
+    m = np.asarray(maps, dtype=np.float64)  # float64 inside: a small span on a large offset keeps its digits
     if m.ndim < 2:
         raise ValueError(f"expected maps of shape [H,W] or [N,H,W(,C)], got shape {m.shape}.")
     if not np.isfinite(m).all():
@@ -104,21 +113,20 @@ def normalize(maps, how: str = "minmax", percentile: float = 99) -> np.ndarray:
     """
     m, single = _per_sample(maps)
     flat = m.reshape(len(m), -1)
-    lo = flat.min(axis=1) if flat.shape[1] else np.zeros(len(m), np.float32)
+    lo = flat.min(axis=1) if flat.shape[1] else np.zeros(len(m))
     if how == "minmax":
         hi = flat.max(axis=1) if flat.shape[1] else lo
     elif how == "percentile":
         if not 0 < percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], not {percentile!r}.")
-        hi = np.percentile(flat, percentile, axis=1).astype(np.float32) if flat.shape[1] else lo
+        hi = np.percentile(flat, percentile, axis=1) if flat.shape[1] else lo
     else:
         raise ValueError(f"how must be 'minmax' or 'percentile', not {how!r}.")
-    span = (hi - lo).astype(np.float64)
+    span = hi - lo
     ok = span > 0
     scale = np.where(ok, 1.0 / np.where(ok, span, 1.0), 0.0)
     shape = (-1,) + (1,) * (m.ndim - 1)
-    out = ((m - lo.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
-    out = np.clip(out, 0.0, 1.0)
+    out = np.clip((m - lo.reshape(shape)) * scale.reshape(shape), 0.0, 1.0).astype(np.float32)
     return out[0] if single else out
 
 
@@ -128,7 +136,7 @@ def normalize_signed(maps, percentile: float | None = None) -> np.ndarray:
     m, single = _per_sample(maps)
     flat = np.abs(m.reshape(len(m), -1))
     if percentile is None:
-        top = flat.max(axis=1) if flat.shape[1] else np.zeros(len(m), np.float32)
+        top = flat.max(axis=1) if flat.shape[1] else np.zeros(len(m))
     else:
         if not 0 < percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], not {percentile!r}.")
@@ -319,6 +327,7 @@ def grid(
     titles=None,
     row_titles: Sequence[str] | None = None,
     title: str | None = None,
+    captions=None,
     cell: int | tuple[int, int] = 112,
     pad: int = 6,
     font_size: int = 14,
@@ -332,7 +341,8 @@ def grid(
     (width, height)); nearest-neighbour by default so single pixels stay visible. `titles`: one
     string per column (drawn above the first row) or one list of strings per row (drawn above
     each cell). `row_titles`: one string per row, drawn on the left. `title`: one line on top.
-    Titles may hold several lines ("\n"); a line too wide for its cell is cut with an ellipsis.
+    `captions`: one list of strings per row, drawn in a smaller font under each cell (None or ""
+    leaves a cell bare). Titles may hold several lines ("\n"); a line too wide for its cell is cut with an ellipsis.
     """
     rows = [list(r) for r in rows_of_images]
     if not rows or not any(rows):
@@ -350,9 +360,13 @@ def grid(
         raise ValueError(f"{len(titles)} rows of titles for {len(rows)} rows of images.")
     if row_titles is not None and len(row_titles) != len(rows):
         raise ValueError(f"{len(row_titles)} row titles for {len(rows)} rows.")
+    if captions is not None and (isinstance(captions, str) or len(captions) != len(rows)
+                                 or any(isinstance(c, str) for c in captions)):
+        raise ValueError("captions must be one list of strings per row of images.")
 
     font = _font(font_size)
     big = _font(int(round(font_size * 1.25)))
+    small = _font(max(8, int(round(font_size * 0.8))))
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def block(texts) -> int:  # height of the tallest of some titles
@@ -360,6 +374,10 @@ def grid(
 
     header = block(titles) + pad if titles is not None and not per_cell else 0
     above = max((block(r) for r in titles), default=0) + 3 if per_cell else 0
+    below = 0
+    if captions is not None:
+        below = max((_text_size(draw, str(c), small)[1] for r in captions for c in r if c), default=0)
+        below = below + 2 if below else 0
     left = 0
     if row_titles is not None:
         left = max(_text_size(draw, str(t), font)[0] for t in row_titles) + pad
@@ -368,7 +386,7 @@ def grid(
     if title:
         title = _fit(draw, title, big, width - 2 * pad)
         top = _text_size(draw, title, big)[1] + pad
-    height = top + header + pad + len(rows) * (above + ch + pad)
+    height = top + header + pad + len(rows) * (above + ch + below + pad)
     canvas = Image.new("RGB", (width, height), tuple(background))
     draw = ImageDraw.Draw(canvas)
 
@@ -384,7 +402,7 @@ def grid(
             if t:
                 centred(t, left + pad + j * (cw + pad), top + pad // 2, cw)
     for i, row in enumerate(rows):
-        y = top + header + pad + i * (above + ch + pad)
+        y = top + header + pad + i * (above + ch + below + pad)
         if row_titles is not None and row_titles[i]:
             t = str(row_titles[i])
             tw, th = _text_size(draw, t, font)
@@ -394,6 +412,8 @@ def grid(
             x = left + pad + j * (cw + pad)
             if per_cell and j < len(titles[i]) and titles[i][j]:
                 centred(titles[i][j], x, y, cw)
+            if captions is not None and j < len(captions[i]) and captions[i][j]:
+                centred(captions[i][j], x, y + above + ch + 1, cw, small)
             if img is None:
                 continue
             canvas.paste(Image.fromarray(_resize(_as_rgb(img), (cw, ch), smooth)), (x, y + above))
@@ -404,17 +424,6 @@ def save_png(image, path) -> Path:
     """Write a PIL image or an array (anything `to_uint8_image` takes) as PNG, atomically: a temporary
     file in the same folder replaced into place, so readers never see half a file."""
     img = image if isinstance(image, Image.Image) else Image.fromarray(_as_rgb(image))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return write_bytes_atomic(buf.getvalue(), path)

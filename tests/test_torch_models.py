@@ -84,18 +84,7 @@ def _mixed():
 
 
 def _vgg11():
-    # torchvision's VGG-11 feature stack (8 convs, 5 max-pools, nn.ReLU modules) unchanged, with
-    # the CIFAR-size head used at 32x32 inputs: the ImageNet head (a 25088x4096 Linear, 500 MB)
-    # alone makes export and graph building take minutes, and its AdaptiveAvgPool2d(7) from 1x1
-    # does not export with the TorchScript exporter.
-    model = torchvision.models.vgg11(weights=None)
-    model.avgpool = nn.AdaptiveAvgPool2d(1)
-    model.classifier = nn.Sequential(
-        nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Dropout(),
-        nn.Linear(256, 256), nn.ReLU(inplace=True), nn.Dropout(),
-        nn.Linear(256, 10),
-    )
-    return model
+    return torchvision.models.vgg11(weights=None)
 
 
 def _softmax_net():
@@ -110,7 +99,7 @@ MODELS = {
     "resnet18": (lambda: torchvision.models.resnet18(weights=None), (2, 3, 64, 64), 1.0),
     "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(weights=None), (2, 3, 64, 64), 1.0),
     "densenet121": (lambda: torchvision.models.densenet121(weights=None), (2, 3, 32, 32), 1.0),
-    "vgg11": (_vgg11, (2, 3, 32, 32), 1.0),
+    "vgg11": (_vgg11, (1, 3, 224, 224), 1.0),  # its ImageNet head needs 224x224
     "mixed": (_mixed, (2, 3, 32, 32), 2.0),
     "softmax": (_softmax_net, (2, 3, 16, 16), 1.0),
 }
@@ -182,8 +171,23 @@ def cases(tmp_path_factory):
 # the PyTorch references
 
 
+_DOUBLES: dict[int, nn.Module] = {}
+
+
+def float64(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """A float64 copy of the model (made once) and of x: the references are computed in float64.
+
+    torch's own float32 backward is not always the better reference: on vgg11 at 224x224 it is
+    1.1% (of the largest entry) away from the float64 gradient, where onnxsal's float32 result
+    is 5e-7 away."""
+    if id(model) not in _DOUBLES:
+        _DOUBLES[id(model)] = copy.deepcopy(model).double().eval()
+    return _DOUBLES[id(model)], x.double()
+
+
 def torch_gradient(model, x, target) -> np.ndarray:
-    """d model(x)[i, target[i]] / d x[i] by torch.autograd."""
+    """d model(x)[i, target[i]] / d x[i] by torch.autograd, in float64."""
+    model, x = float64(model, x)
     x = x.clone().requires_grad_(True)
     y = model(x)
     target = torch.as_tensor(np.broadcast_to(target, (x.shape[0],)).copy())
@@ -263,6 +267,7 @@ class RectifierRules(TorchFunctionMode):
 
 
 def reference_attribution(model, x, target, rule: str) -> tuple[np.ndarray, RectifierRules]:
+    model, x = float64(model, x)
     mode = RectifierRules(rule)
     x = x.clone().requires_grad_(True)
     with mode:
@@ -342,6 +347,8 @@ TARGETS = {"argmax": None, "int": 7, "per_sample": [2, 5]}
 def test_gradient_matches_autograd(cases, name, exporter, target):
     case = cases(name, exporter)
     t = TARGETS[target]
+    if isinstance(t, list):
+        t = t[: len(case.x)]
     ours = case.explainer.attribute(case.x_np, target=t, method="gradient")
     ref = case.gradient(t)
     assert np.abs(ref).max() > 0
@@ -383,6 +390,7 @@ def test_modified_rules_match_reference(cases, name, exporter, method):
 
 def _captum(method: str, model, x, target) -> np.ndarray:
     attr = pytest.importorskip("captum.attr")
+    model, x = float64(model, x)
     model = copy.deepcopy(model)
     for module in model.modules():  # Captum's backward hooks refuse in-place outputs
         if isinstance(module, nn.ReLU):
