@@ -1,0 +1,1 @@
+"""Framework -> ONNX converters (Keras/TensorFlow, PyTorch); their heavy dependencies are imported lazily."""
