@@ -17,5 +17,9 @@ class InvalidInputError(OnnxsalError):
     """An input array, target or option does not fit the model."""
 
 
+class ModelRunError(OnnxsalError):
+    """onnxruntime failed while running a (valid-looking) model on the given inputs."""
+
+
 class ProviderError(OnnxsalError):
     """The requested execution provider cannot run here."""

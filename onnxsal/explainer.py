@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ from .errors import InvalidInputError
 from .methods.graphs import AttributionGraph
 from .inputs import Target, TensorSpec, check_feeds, check_target, model_inputs, specs
 from .model_io import load_model
-from .runtime import create_session, resolve_providers
+from .runtime import create_session, resolve_providers, run
 
 
 class Explainer:
@@ -87,7 +88,7 @@ class Explainer:
                 chunk[graph.target_input] = target.value[lo:lo + step]
             elif target.kind == "tensor":
                 chunk[graph.seed_input] = target.value[lo:lo + step]
-            for i, out in enumerate(session.run(wanted, chunk)):
+            for i, out in enumerate(run(session, wanted, chunk)):
                 parts[i].append(out)
         joined = [np.concatenate(p, axis=0) if len(p) > 1 else p[0] for p in parts]
         result = dict(zip(graph.attributions.keys(), joined))
@@ -119,7 +120,7 @@ class Explainer:
     def predict(self, inputs) -> np.ndarray:
         """The explained output for `inputs` (the forward pass alone)."""
         feeds = self.feeds(inputs)
-        return self.forward_session.run([self.output], feeds)[0]
+        return run(self.forward_session, [self.output], feeds)[0]
 
     def n_classes(self) -> int | None:
         spec = next(o for o in self.outputs if o.name == self.output)
@@ -133,12 +134,12 @@ class Explainer:
         k = self.n_classes()
         if k is None and target is not None and not (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
             first = {name: a[:1] for name, a in feeds.items()}
-            k = int(self.forward_session.run([self.output], first)[0].shape[1])
+            k = int(run(self.forward_session, [self.output], first)[0].shape[1])
         return check_target(target, n, k, spec.shape, spec.dtype)
 
     def top_classes(self, feeds: dict[str, np.ndarray]) -> Target:
         """Each sample's top class as an explicit target (sampling methods fix it on the clean input)."""
-        scores = self.forward_session.run([self.output], feeds)[0]
+        scores = run(self.forward_session, [self.output], feeds)[0]
         if scores.ndim > 2:
             scores = scores.reshape(scores.shape[0], scores.shape[1], -1).sum(-1)
         return Target("target", scores.argmax(axis=1).astype(np.int64))
@@ -166,6 +167,10 @@ class Explainer:
         else:
             graph, session = self.method_graph(method, checked.kind, softmax, wrt, **options)
             result = self.run_graph(graph, session, feeds, checked, batch_size)
+        for name, value in result.items():
+            if not np.all(np.isfinite(value)):
+                warnings.warn(f"the {method} attribution of {name!r} holds NaN or infinite values "
+                              f"(the model overflows or divides by zero on these inputs).", RuntimeWarning, stacklevel=2)
         if wrt is None or isinstance(wrt, str):
             result = next(iter(result.values()))
         if return_convergence_delta:

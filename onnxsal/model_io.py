@@ -30,10 +30,43 @@ def _check_external_data(model: onnx.ModelProto, folder: Path) -> None:
             raise ModelLoadError(f"tensor {tensor.name!r} keeps its data in {location!r}, which does not exist.")
 
 
+def _texts(graph: onnx.GraphProto):
+    """Every text field of a graph (names, op types, domains), subgraphs included."""
+    yield graph.name
+    yield graph.doc_string
+    for v in list(graph.input) + list(graph.output) + list(graph.value_info):
+        yield v.name
+        yield from (d.dim_param for d in v.type.tensor_type.shape.dim)
+    for t in graph.initializer:
+        yield t.name
+        for e in t.external_data:
+            yield e.key
+            yield e.value
+    for n in graph.node:
+        yield from (n.name, n.op_type, n.domain, n.doc_string, *n.input, *n.output)
+        for a in n.attribute:
+            yield a.name
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _texts(sub)
+
+
+def _valid_text(model: onnx.ModelProto) -> bool:
+    """Protobuf hands invalid UTF-8 text back as bytes (or raises when it is read): a corrupt file."""
+    try:
+        top = [model.producer_name, model.producer_version, model.domain, model.doc_string]
+        top += [p.key for p in model.metadata_props] + [p.value for p in model.metadata_props]
+        top += [o.domain for o in model.opset_import]
+        return all(isinstance(t, str) for t in top) and all(isinstance(t, str) for t in _texts(model.graph))
+    except UnicodeDecodeError:
+        return False
+
+
 def check_model(model: onnx.ModelProto, source: str = "the model") -> onnx.ModelProto:
     """Validate with the ONNX checker and against what onnxruntime can load."""
     if not isinstance(model, onnx.ModelProto) or not model.HasField("graph"):
         raise ModelLoadError(f"{source} is not an ONNX model (it has no graph).")
+    if not _valid_text(model):
+        raise ModelLoadError(f"{source} holds text that is not valid UTF-8: the file is corrupt.")
     if model.ir_version > MAX_IR_VERSION:
         raise ModelLoadError(
             f"{source} has ONNX IR version {model.ir_version}; onnxruntime loads up to {MAX_IR_VERSION} "

@@ -7,7 +7,7 @@ import warnings
 import onnx
 import onnxruntime as ort
 
-from .errors import ModelLoadError, ProviderError
+from .errors import ModelLoadError, ModelRunError, ProviderError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -62,3 +62,14 @@ def create_session(
             raise ProviderError(message.replace("; this session runs on the CPU.", "."))
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     return session
+
+
+def run(session: ort.InferenceSession, names: list[str], feeds: dict) -> list:
+    """session.run, with onnxruntime's failures (shape mismatches inside the graph, bad kernels)
+    turned into one clear ModelRunError."""
+    try:
+        return session.run(names, feeds)
+    except Exception as exc:
+        text = str(exc).strip()
+        detail = text.split("Status Message:")[-1].strip() if "Status Message:" in text else text.splitlines()[0] if text else type(exc).__name__
+        raise ModelRunError(f"onnxruntime could not run the model on these inputs: {detail}") from exc

@@ -15,6 +15,7 @@ import numpy as np
 from ..autodiff import output_heads
 from ..errors import InvalidInputError
 from . import Method, register
+from ..runtime import create_session, run
 from .graphs import GraphEditor
 from .expand import build_integrated_gradients
 from .sampling import accumulate, fixed_target
@@ -71,10 +72,8 @@ def scores(explainer, feeds: dict[str, np.ndarray], target, softmax: str) -> np.
     if key not in explainer._sessions:
         ed = GraphEditor(explainer.model)
         model = ed.finish([(name, explainer.view.elem_type(name) or 1, None)] if name not in explainer.view.output_names else [])
-        from ..runtime import create_session
-
         explainer._sessions[key] = (None, create_session(model, explainer.providers, explainer._options))
-    values = explainer._sessions[key][1].run([name], feeds)[0]
+    values = run(explainer._sessions[key][1], [name], feeds)[0]
     n = values.shape[0]
     if target.kind == "tensor":
         return (values.reshape(target.value.shape) * target.value).reshape(n, -1).sum(axis=1)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..inputs import Target
+from ..runtime import run
 from . import get
 
 INPUT_BUDGET = 1 << 22  # elements of perturbed input per graph run, when no batch size is given
@@ -66,7 +67,7 @@ def accumulate(
             chunk[graph.target_input] = target.value[n_idx]
         else:
             chunk[graph.seed_input] = target.value[n_idx]
-        outs = session.run(names, chunk)
+        outs = run(session, names, chunk)
         w = weights[s_idx].reshape((-1,) + (1,) * (outs[0].ndim - 1)).astype(outs[0].dtype)
         bounds = np.flatnonzero(np.diff(n_idx)) + 1
         for name, a in zip(wrt, outs):
