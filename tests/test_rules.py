@@ -412,8 +412,8 @@ def test_overlapping_maxpool_below_opset16_is_a_clear_error():
 
 
 def test_ops_the_opset_lacks_are_a_clear_error():
-    # Relu's gradient needs Where (opset 9); an opset 6 model cannot hold it.
-    case = Case("Relu", "opset6", [W(2, 3)], opset=6)
+    # LeakyRelu's gradient needs Where (opset 9); an opset 6 model cannot hold it.
+    case = Case("LeakyRelu", "opset6", [W(2, 3)], opset=6)
     model = build(case, np.float32, (np.dtype(np.float32), (2, 3)))
     with pytest.raises(UnsupportedModelError, match="opset 6"):
         gradient_graph(model, ["x0"], "y0")

@@ -38,15 +38,17 @@ def is_rectifier(ctx: RuleContext) -> bool:
     return is_rectifier_node(ctx.view, ctx.node)
 
 
+# The masks of Relu and Clip are read off the output: y > 0 exactly where x > 0, and lo < y < hi
+# exactly where lo < x < hi. Not reading x lets ONNX Runtime keep Conv+Relu/Clip fused.
 @rule("Relu")
 def relu(ctx: RuleContext, g):
-    return [ctx.op("Where", [ctx.op("Greater", [ctx.x, ctx.scalar(0.0)]), g, ctx.scalar(0.0)])]
+    return [ctx.op("Mul", [g, ctx.op("Cast", [ctx.op("Greater", [ctx.y, ctx.scalar(0.0)])], to=ctx.view.elem_type(ctx.y))])]
 
 
 @rule("Clip")
 def clip(ctx: RuleContext, g):
     lo, hi = clip_bounds(ctx)
-    x = ctx.x
+    x = ctx.y
     masks = []
     if lo is not None:
         masks.append(ctx.op("Greater", [x, lo]))
@@ -55,7 +57,7 @@ def clip(ctx: RuleContext, g):
     if not masks:
         return [g, None, None]
     mask = masks[0] if len(masks) == 1 else ctx.op("And", masks)
-    return [ctx.op("Where", [mask, g, ctx.scalar(0.0)]), None, None]
+    return [ctx.op("Mul", [g, ctx.op("Cast", [mask], to=ctx.view.elem_type(ctx.y))]), None, None]
 
 
 @rule("LeakyRelu")
