@@ -1,7 +1,7 @@
 """Integrated Gradients (Sundararajan et al.): (x − x') × ∫₀¹ ∂F(x' + α(x − x'))/∂x dα.
 
-The integral is a quadrature (`integration=`) over n_steps points (default 50): Gauss-Legendre or the
-Riemann left/right/middle/trapezoid rules, with Captum's nodes and weights. The completeness gap
+The integral is a quadrature (`integration=`) over n_steps points (default 50): Gauss-Legendre or
+the Riemann left/right/middle/trapezoid rules (see `quadrature`). The completeness gap
 Σ attribution − (F(x) − F(x')) is returned with return_convergence_delta=True and a warning is
 raised when it is large. F is the explained score: the logit when softmax is taken as identity.
 """
@@ -25,7 +25,11 @@ GAP_WARNING = 0.05  # relative completeness gap above which a warning is raised
 
 
 def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes α in [0, 1] and weights of the integration rule (Captum's definitions)."""
+    """Nodes α in [0, 1] and weights of the integration rule.
+
+    Captum's nodes and weights, except for the trapezoid rule: Captum weighs its n points by 1/n
+    (halved at the ends), which sums to (n−1)/n and shrinks every attribution by that factor;
+    here they are the trapezoid rule's 1/(n−1), summing to 1."""
     if n_steps < 1 or (method == "riemann_trapezoid" and n_steps < 2):
         raise InvalidInputError(f"n_steps must be at least {2 if method == 'riemann_trapezoid' else 1}, not {n_steps}.")
     if method == "gausslegendre":
