@@ -6,12 +6,14 @@
     >>> onnx.save(onnxsal.compile("model.onnx", method="gradient"), "explain.onnx")
 """
 
-from .errors import InvalidInputError, ModelLoadError, ModelRunError, OnnxsalError, ProviderError, UnsupportedModelError
+from .errors import (
+    ConversionError, InvalidInputError, ModelLoadError, ModelRunError, OnnxsalError, ProviderError, UnsupportedModelError,
+)
 from .explainer import Explainer, compile
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Explainer", "InvalidInputError", "ModelLoadError", "ModelRunError", "OnnxsalError", "ProviderError",
-    "UnsupportedModelError", "compile", "__version__",
+    "ConversionError", "Explainer", "InvalidInputError", "ModelLoadError", "ModelRunError", "OnnxsalError",
+    "ProviderError", "UnsupportedModelError", "compile", "__version__",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 from . import visualize as viz
 from .errors import OnnxsalError
 from .explainer import Explainer
+from .methods import modifiers
 from .images import collect, image_input, load, preprocess, preset_from_metadata
 from .io_utils import write_bytes_atomic
 
@@ -71,7 +72,8 @@ def _save_npy(array: np.ndarray, path: Path) -> Path:
 def explain_images(
     model, images, out_dir, method: str = "guided_backprop", target=None, preset: str = "auto",
     size: tuple[int, int] | None = None, softmax: str = "identity", batch_size: int = 8, providers="auto",
-    resume: bool = False, cmap: str = "jet", alpha: float = 0.5, progress: bool | None = None, **options,
+    resume: bool = False, cmap: str = "jet", alpha: float = 0.5, progress: bool | None = None,
+    modifier: str | None = None, **options,
 ) -> list[Explained]:
     """Explain image files (or folders of them); write `<stem>.<method>.png` overlays and `.npy` maps.
 
@@ -83,6 +85,10 @@ def explain_images(
     if len(ex.inputs) != 1 or not floats:
         raise OnnxsalError("explaining image files needs a model with one float image input; use the Python API for others.")
     spec = image_input(floats[0], size)
+    modifiers.check(modifier)
+    ex.check(method, target, **options)  # a problem of the model or the options is one error, not one per image
+    fixed_batch = floats[0].shape[0] if isinstance(floats[0].shape[0], int) and floats[0].shape[0] > 0 else None
+    batch_size = fixed_batch or batch_size  # a model exported with a fixed batch takes exactly that many
     preset = preset_from_metadata({p.key: p.value for p in ex.model.metadata_props}) if preset == "auto" else preset
     paths = collect(images)
     stems = output_stems(paths)
@@ -120,7 +126,8 @@ def explain_images(
             scores = ex.predict(x)
             flat = scores.reshape(len(scores), scores.shape[1], -1).sum(-1) if scores.ndim > 2 else scores
             classes = flat.argmax(1) if target is None else np.broadcast_to(np.asarray(target), (len(flat),))
-            maps = ex.attribute(x, target=classes.astype(np.int64), method=method, softmax=softmax, **options)
+            maps = ex.attribute(x, target=classes.astype(np.int64), method=method, softmax=softmax, modifier=modifier,
+                                **options)
         except OnnxsalError as exc:
             for (r, _, _), _img in loaded:
                 r.error = str(exc)

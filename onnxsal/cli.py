@@ -77,17 +77,20 @@ def _options(pairs: tuple[str, ...]) -> dict:
 @click.option("--softmax", type=click.Choice(["identity", "keep"]), default="identity", show_default=True)
 @click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--cmap", default="jet", show_default=True, type=click.Choice(["jet", "viridis", "hot", "gray"]))
+@click.option("--modifier", type=click.Choice(["absolute", "negate", "positive", "negative"]), default=None,
+              help="keras-vis gradient modifier applied to the attribution (negate: what argues against the class).")
 @click.option("--resume", is_flag=True, help="Skip images whose outputs already exist.")
 @click.option("--option", "option", multiple=True, help="Method option KEY=VALUE (e.g. n_samples=25, layer=NAME).")
 @click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-def explain(model, images, method, target, preset, size, softmax, batch_size, cmap, resume, option, providers, out_dir):
+def explain(model, images, method, target, preset, size, softmax, batch_size, cmap, modifier, resume, option, providers,
+            out_dir):
     """Explain IMAGES (files or folders) with MODEL: writes PNG overlays and .npy maps to --out."""
     from .batch import explain_images
 
     results = explain_images(model, images, out_dir, method=method, target=target, preset=preset, size=_size(size),
                              softmax=softmax, batch_size=batch_size, providers=providers, resume=resume, cmap=cmap,
-                             **_options(option))
+                             modifier=modifier, **_options(option))
     failed = [r for r in results if r.error]
     for r in results:
         if r.error:
@@ -121,15 +124,42 @@ def methods():
 @click.option("--target", "target", type=click.Choice(["argmax", "target", "tensor"]), default="argmax", show_default=True,
               help="argmax: top class inside the graph; target: an int64 'target' input; tensor: a seed input.")
 @click.option("--softmax", type=click.Choice(["identity", "keep"]), default="identity", show_default=True)
+@click.option("--modifier", type=click.Choice(["absolute", "negate", "positive", "negative"]), default=None,
+              help="keras-vis gradient modifier applied to the attribution.")
+@click.option("--option", "option", multiple=True, help="Method option KEY=VALUE (e.g. n_samples=25, layer=NAME).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the graph.")
-def compile_cmd(model: str, method: str, target: str, softmax: str, out: str):
+def compile_cmd(model: str, method: str, target: str, softmax: str, modifier: str | None, option, out: str):
     """Write the standalone attribution graph of MODEL (any ONNX Runtime can run it)."""
     from .explainer import compile as compile_graph
     from .io_utils import save_model_atomic
 
-    graph = compile_graph(model, method=method, target=target, softmax=softmax)
+    graph = compile_graph(model, method=method, target=target, softmax=softmax, modifier=modifier, **_options(option))
     save_model_atomic(graph, out)
     click.echo(f"wrote {out}: inputs {[i.name for i in graph.graph.input]}, outputs {[o.name for o in graph.graph.output]}")
+
+
+@cli.command("convert")
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
+@click.option("--input-shape", default=None,
+              help="Input shape such as 1,3,224,224 where the source does not fix it (';' between several inputs).")
+@click.option("--preprocess", type=click.Choice(["imagenet", "keras", "caffe", "unit", "raw"]), default=None,
+              help="Record the input preprocessing (default: inferred for keras.applications/torchvision models).")
+@click.option("--opset", type=click.IntRange(7, 26), default=17, show_default=True)
+@click.option("--no-check", is_flag=True, help="Skip running both models on a sample input and comparing.")
+@click.option("--allow-lambda", is_flag=True, help="Load Keras Lambda layers (runs code from the file: trusted files only).")
+def convert_cmd(source: str, out: str, input_shape: str | None, preprocess: str | None, opset: int, no_check: bool,
+                allow_lambda: bool):
+    """Convert SOURCE (Keras .keras/.h5, TensorFlow SavedModel folder, TorchScript, torch.export .pt2) to ONNX.
+
+    The framework model and the ONNX model run on the same seeded input and must agree, else nothing is
+    written. Pickled PyTorch files (torch.save) are refused without being loaded.
+    """
+    from converters.convert import convert, summary
+
+    proto = convert(source, out, input_shape=input_shape, preprocess=preprocess, opset=opset, check=not no_check,
+                    allow_lambda=allow_lambda)
+    click.echo(summary(proto, out))
 
 
 def main(argv=None) -> int:

@@ -23,3 +23,7 @@ class ModelRunError(OnnxsalError):
 
 class ProviderError(OnnxsalError):
     """The requested execution provider cannot run here."""
+
+
+class ConversionError(OnnxsalError):
+    """A framework model cannot be converted to ONNX, or its ONNX twin does not compute what it computes."""

@@ -12,6 +12,7 @@ from . import methods as _methods
 from .autodiff import GradientGraph, SeedSpec, differentiate, rule_set
 from .autodiff.graph import GraphView
 from .errors import InvalidInputError
+from .methods import modifiers as _modifiers
 from .methods.graphs import AttributionGraph
 from .inputs import Target, TensorSpec, check_feeds, check_target, model_inputs, specs
 from .model_io import load_model
@@ -145,7 +146,8 @@ class Explainer:
         return Target("target", scores.argmax(axis=1).astype(np.int64))
 
     def attribute(self, inputs, target=None, method: str = "gradient", *, softmax: str = "identity", wrt=None,
-                  batch_size: int | None = None, return_convergence_delta: bool = False, **options):
+                  batch_size: int | None = None, return_convergence_delta: bool = False, modifier: str | None = None,
+                  **options):
         """Attribution of the explained output to `inputs`, with the same shape and layout.
 
         `target`: None for each sample's top class, an int, one int per sample, or a float seed array
@@ -154,7 +156,9 @@ class Explainer:
         inputs pass a dict and name the one(s) to explain with `wrt`; a list of names returns a dict.
         Method options (n_samples, n_steps, layer, ...) are passed through. With
         return_convergence_delta=True (Integrated Gradients) returns (attribution, delta per sample).
+        `modifier` (keras-vis' grad_modifier): "absolute", "negate", "positive" or "negative".
         """
+        _modifiers.check(modifier)
         feeds = self.feeds(inputs)
         checked = self.target(target, feeds)
         m = _methods.get(method)
@@ -167,6 +171,7 @@ class Explainer:
         else:
             graph, session = self.method_graph(method, checked.kind, softmax, wrt, **options)
             result = self.run_graph(graph, session, feeds, checked, batch_size)
+        result = {name: _modifiers.apply(value, modifier) for name, value in result.items()}
         for name, value in result.items():
             if not np.all(np.isfinite(value)):
                 warnings.warn(f"the {method} attribution of {name!r} holds NaN or infinite values "
@@ -179,27 +184,36 @@ class Explainer:
             return result, info["convergence_delta"]
         return result
 
+    def check(self, method: str = "gradient", target=None, **options) -> None:
+        """Raise now what `attribute` would raise for every input: an unknown method or option, an op
+        without a gradient rule on the path, a class index out of range."""
+        from .autodiff import GRADIENT, differentiable_path
+
+        m = _methods.get(method)
+        _methods.check_options(m, options)
+        base = _methods.get(options["base"]) if isinstance(options.get("base"), str) else m
+        if "layer" not in _methods.options(base):  # layer methods start at an inner tensor, checked when it is chosen
+            differentiable_path(self.view, GRADIENT, list(self._wrt(None)), self.output)
+        if target is not None and self.n_classes() is not None:
+            check_target(target, 1, self.n_classes(), None, np.dtype(np.float32))
+
     def compile(self, method: str = "gradient", target: str = "argmax", softmax: str = "identity", wrt=None,
-                **options) -> onnx.ModelProto:
+                modifier: str | None = None, **options) -> onnx.ModelProto:
         """The standalone attribution graph (see `onnxsal.compile`)."""
+        _modifiers.check(modifier)
         if target not in ("argmax", "target", "tensor"):
             raise InvalidInputError(f"target must be 'argmax', 'target' or 'tensor' for a compiled graph, not {target!r}.")
         m = _methods.get(method)
         if m.build is None:
             raise InvalidInputError(f"method {method!r} cannot be compiled to one graph; compilable: {_methods.compilable()}.")
         _methods.check_options(m, options, compiled=True)
-        return m.build(self, target, softmax, self._wrt(wrt), **options).model
-
-
-def compile(self, method: str = "gradient", target: str = "argmax", softmax: str = "identity", wrt=None) -> onnx.ModelProto:
-        """The standalone attribution graph (see `onnxsal.compile`)."""
-        if target not in ("argmax", "target", "tensor"):
-            raise InvalidInputError(f"target must be 'argmax', 'target' or 'tensor' for a compiled graph, not {target!r}.")
-        return _methods.compile_method(self, method, target, softmax, wrt)
+        graph = m.build(self, target, softmax, self._wrt(wrt), **options)
+        return _modifiers.append(graph.model, list(graph.attributions.values()), modifier)
 
 
 def compile(model, method: str = "gradient", target: str = "argmax", softmax: str = "identity", wrt=None,
-            **options) -> onnx.ModelProto:
+            modifier: str | None = None, **options) -> onnx.ModelProto:
     """A standalone ONNX graph: the model's inputs (plus an int64 `target` [N] when target="target",
     or a seed when target="tensor") in; the model's outputs plus the attribution out."""
-    return Explainer(model, providers="cpu").compile(method, target=target, softmax=softmax, wrt=wrt, **options)
+    return Explainer(model, providers="cpu").compile(method, target=target, softmax=softmax, wrt=wrt,
+                                                     modifier=modifier, **options)

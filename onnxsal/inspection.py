@@ -11,7 +11,7 @@ from .autodiff.driver import CONTROL_FLOW
 from .autodiff.rules.activations import is_rectifier_node
 from .errors import OnnxsalError
 from .explainer import Explainer
-from .layers import feature_maps, guess_layout
+from .layers import feature_maps, guess_layout, resolve_layer
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Report:
     rectifiers: list[dict] = field(default_factory=list)
     softmax_at_output: str | None = None
     gradcam_layers: list[dict] = field(default_factory=list)
+    gradcam_default: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -84,6 +85,7 @@ def inspect_model(model, output: str | None = None, wrt: str | None = None) -> R
         {"value": m.value, "node": m.node, "op": m.op_type, "shape": [d if isinstance(d, int) else "?" for d in m.shape], "layout": m.layout}
         for m in maps
     ]
+    report.gradcam_default = resolve_layer(view, maps, None).value if maps else None
     return report
 
 
@@ -111,7 +113,7 @@ def format_report(r: Report, max_rows: int = 8) -> str:
         lines.append(f"  ... and {len(r.rectifiers) - max_rows} more")
     lines.append(f"softmax at the output: {r.softmax_at_output or 'no'}"
                  + (" (taken as identity by default; --softmax keep to differentiate through it)" if r.softmax_at_output else ""))
-    lines.append(f"Grad-CAM layers: {len(r.gradcam_layers)}" + (f" (default: {r.gradcam_layers[-1]['value']})" if r.gradcam_layers else ""))
+    lines.append(f"Grad-CAM layers: {len(r.gradcam_layers)}" + (f" (default: {r.gradcam_default})" if r.gradcam_default else ""))
     for m in r.gradcam_layers[-max_rows:]:
         lines.append(f"  {m['value']}  {m['op']} {m['shape']} {m['layout']}")
     for k, v in r.metadata.items():

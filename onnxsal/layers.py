@@ -19,6 +19,9 @@ CHANNELS_FIRST = {
     "LpPool", "LRN", "GlobalAveragePool", "GlobalMaxPool", "DepthToSpace", "SpaceToDepth",
 }
 
+# Ops that only copy or re-lay out a feature map: Grad-CAM on them equals Grad-CAM on their input.
+RELAYOUT = {"Transpose", "Identity", "Dropout", "Cast"}
+
 
 @dataclass(frozen=True)
 class FeatureMap:
@@ -102,8 +105,9 @@ def resolve_layer(view: GraphView, maps: list[FeatureMap], layer: str | None) ->
     unique-suffix/substring match of node names (Keras layer names survive in tf2onnx node names)."""
     if not maps:
         raise InvalidInputError("the model has no feature map with spatial extent on the path to the output, so Grad-CAM has no layer.")
-    if layer is None:
-        return maps[-1]
+    if layer is None:  # a pure re-layout (tf2onnx's Transpose back to NHWC) names the map it copies
+        named = [m for m in maps if m.op_type not in RELAYOUT]
+        return (named or maps)[-1]
     by_value = {m.value: m for m in maps}
     by_node = {m.node: m for m in maps}
     if layer in by_value:

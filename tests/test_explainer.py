@@ -172,3 +172,68 @@ def test_resize_with_a_free_batch_axis():
     expected = np.zeros((3, 2, 3, 3), np.float32)
     expected[:, 0] = 4 / 36
     np.testing.assert_allclose(g, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("modifier", "fn"), [
+    ("absolute", np.abs), ("negate", np.negative),
+    ("positive", lambda a: np.maximum(a, 0)), ("negative", lambda a: np.maximum(-a, 0)),
+])
+def test_modifiers_in_attribute_and_compiled_graph(model, explainer, x, modifier, fn):
+    """keras-vis grad_modifier semantics: applied to the finished gradient, the same in a compiled graph."""
+    import onnxruntime as ort
+
+    raw = explainer.attribute(x, target=[1, 0, 3, 2, 2], method="guided_backprop")
+    assert (raw > 0).any() and (raw < 0).any()  # both signs, so every modifier changes something
+    modified = explainer.attribute(x, target=[1, 0, 3, 2, 2], method="guided_backprop", modifier=modifier)
+    np.testing.assert_array_equal(modified, fn(raw))
+    compiled = onnxsal.compile(model, method="guided_backprop", target="target", modifier=modifier)
+    onnx.checker.check_model(compiled)
+    assert [o.name for o in compiled.graph.output] == ["y", "x_grad"]
+    s = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+    _, g = s.run(None, {"x": x, "target": np.array([1, 0, 3, 2, 2], dtype=np.int64)})
+    np.testing.assert_array_equal(g, modified)
+
+
+def test_unknown_modifier_is_refused(model, explainer, x):
+    with pytest.raises(onnxsal.InvalidInputError, match="unknown modifier 'abs'"):
+        explainer.attribute(x, modifier="abs")
+    with pytest.raises(onnxsal.InvalidInputError, match="unknown modifier"):
+        onnxsal.compile(model, modifier="flip")
+
+
+def test_check_reports_problems_before_any_input(explainer):
+    with pytest.raises(onnxsal.InvalidInputError, match="no option 'n_sample'"):
+        explainer.check("smoothgrad", n_sample=3)
+    with pytest.raises(onnxsal.InvalidInputError, match="out of range|class"):
+        explainer.check("gradient", target=99)
+    explainer.check("integrated_gradients", target=1, n_steps=4)
+
+
+def test_gradcam_default_layer_skips_a_relayout_transpose():
+    """tf2onnx ends a Keras CNN with Transpose(NCHW -> NHWC); the default Grad-CAM layer is the Relu
+    it copies (same map, a name the user recognises), and inspect reports that default."""
+    from tests.tiny import make_model
+
+    from onnxsal.inspection import inspect_model
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["x_nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["x_nchw", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Transpose", ["r"], ["r_nhwc"], name="Transpose__32", perm=[0, 2, 3, 1]),
+        helper.make_node("ReduceMean", ["r_nhwc", "axes"], ["gap"], name="gap", keepdims=0),
+        helper.make_node("MatMul", ["gap", "fc"], ["y"], name="fc"),
+    ]
+    model = make_model(nodes, [("x", F, ["N", 6, 6, 3])], [("y", F, ["N", 3])],
+                       {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "axes": np.array([1, 2], np.int64),
+                        "fc": rng.normal(size=(4, 3)).astype(np.float32)}, opset=18)
+    ex = onnxsal.Explainer(model, providers="cpu")
+    x = rng.random((2, 6, 6, 3), dtype=np.float32)
+    default = ex.attribute(x, method="gradcam", target=[0, 2])
+    np.testing.assert_allclose(default, ex.attribute(x, method="gradcam", target=[0, 2], layer="r"), rtol=1e-6)
+    np.testing.assert_allclose(default, ex.attribute(x, method="gradcam", target=[0, 2], layer="r_nhwc"), rtol=1e-5,
+                               atol=1e-7)
+    report = inspect_model(model)
+    assert report.gradcam_default == "r"
+    assert [m["value"] for m in report.gradcam_layers][-2:] == ["r", "r_nhwc"]
