@@ -103,7 +103,8 @@ def keras_model(size: int, cache: Path):
     return onnx.load(str(path))
 
 
-def bench_onnxsal(proto, x: np.ndarray, repeats: int, providers: str, n_samples: int, n_steps: int) -> dict:
+def bench_onnxsal(proto, x: np.ndarray, repeats: int, providers: str, n_samples: int, n_steps: int,
+                  methods=METHODS) -> dict:
     import onnxsal
 
     ex = onnxsal.Explainer(proto, providers=providers)
@@ -120,11 +121,13 @@ def bench_onnxsal(proto, x: np.ndarray, repeats: int, providers: str, n_samples:
         "integrated_gradients": lambda: ex.attribute(x, target=target, method="integrated_gradients", n_steps=n_steps, progress=False),
     }
     for name, fn in runs.items():
-        out[name] = measure(fn, repeats if name in ("gradient", "guided_backprop") else max(1, repeats // 2))
+        if name in methods:
+            out[name] = measure(fn, repeats if name in ("gradient", "guided_backprop") else max(1, repeats // 2))
     return out
 
 
-def bench_captum(model, x: np.ndarray, repeats: int, device: str, n_samples: int, n_steps: int) -> dict:
+def bench_captum(model, x: np.ndarray, repeats: int, device: str, n_samples: int, n_steps: int,
+                 methods=METHODS) -> dict:
     import torch
     from captum.attr import GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
 
@@ -142,6 +145,8 @@ def bench_captum(model, x: np.ndarray, repeats: int, device: str, n_samples: int
     }
     out = {}
     for name, fn in runs.items():
+        if name != "forward" and name not in methods:
+            continue
         if name == "forward":
             with torch.no_grad():
                 out[name] = measure(fn, repeats, sync)
@@ -154,7 +159,7 @@ def ratios(result: dict) -> dict:
     ours, theirs = result["onnxsal"], result.get("captum")
     fwd = ours["forward"]["median_s"]
     out = {}
-    for m in METHODS:
+    for m in (m for m in METHODS if m in ours):
         r = {"onnxsal_ms": 1000 * ours[m]["median_s"], "vs_ort_forward": ours[m]["median_s"] / fwd, "onnxsal_rss_mb": ours[m]["peak_rss_mb"]}
         if theirs:
             r["captum_ms"] = 1000 * theirs[m]["median_s"]
@@ -186,6 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--samples", type=int, default=50, help="SmoothGrad samples and IG steps")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--no-captum", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny setting: mobilenet_v2 at 32x32, batch 1, 1 repeat, 2 samples")
     p.add_argument("--out", default="benchmarks/results/latest.json")
@@ -209,9 +215,10 @@ def main(argv=None) -> int:
             layout = (batch, args.size, args.size, 3) if name in KERAS else (batch, 3, args.size, args.size)
             x = rng.standard_normal(layout).astype(np.float32)
             res = {"model": name, "batch": batch, "size": args.size,
-                   "onnxsal": bench_onnxsal(proto, x, args.repeats, args.device, args.samples, args.samples)}
+                   "onnxsal": bench_onnxsal(proto, x, args.repeats, args.device, args.samples, args.samples, args.methods)}
             if model is not None and not args.no_captum:
-                res["captum"] = bench_captum(model, x, args.repeats, args.device, args.samples, args.samples)
+                res["captum"] = bench_captum(model, x, args.repeats, args.device, args.samples, args.samples,
+                                             args.methods)
             res["ratios"] = ratios(res)
             results.append(res)
             print(table([res]), file=sys.stderr)

@@ -132,6 +132,19 @@ def torch_mobilenet_v2(normalize: bool = True):
     return Normalized(net).eval()
 
 
+def torch_mobilenet_onnx(timer: "Timer"):
+    """(module, ONNX model) of `torch_mobilenet_v2()`, exported once with a free batch axis."""
+    import torch
+
+    from converters.torch_export import export_torch
+
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    with timer("load + export"):
+        model = torch_mobilenet_v2()
+        proto = export_torch(model, torch.zeros(1, 3, SIZE, SIZE))
+    return model, proto
+
+
 def face_box() -> list[list[int]]:
     return [[CAT_FACE[0].start, CAT_FACE[0].stop], [CAT_FACE[1].start, CAT_FACE[1].stop]]
 
@@ -185,3 +198,14 @@ def guided_figure(img: np.ndarray, vanilla_hwc: np.ndarray, guided_hwc: np.ndarr
     ]
     titles = ["input", "vanilla gradient\nmax |g|", "guided backprop\n(as colour)", "guided backprop\nmax |g|"]
     return vis.grid([row], titles=titles, title=title, cell=SIZE)
+
+
+def guided_report(img: np.ndarray, vanilla, guided, title: str, png: Path) -> tuple[float, float, Path]:
+    """Print the face ratios of guided backprop and the vanilla gradient, write `guided_figure` to
+    `png`; returns (guided ratio, vanilla ratio, path)."""
+    from onnxsal import visualize as vis
+
+    g, v = to_hwc(guided), to_hwc(vanilla)
+    ratio, ratio_vanilla = face_ratio(np.abs(g).max(axis=-1)), face_ratio(np.abs(v).max(axis=-1))
+    print(f"mean max|g| on the cat's face / over the image: guided {ratio:.2f}, vanilla {ratio_vanilla:.2f}")
+    return ratio, ratio_vanilla, saved(vis.save_png(guided_figure(img, v, g, title), png))

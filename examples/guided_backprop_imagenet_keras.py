@@ -38,7 +38,6 @@ import numpy as np
 
 import _common as common
 import onnxsal
-from onnxsal import visualize as vis
 
 # torchvision's inverted residual settings: expansion t, output channels c, repeats n, first stride s
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
@@ -169,13 +168,8 @@ def main() -> int:
     with timer("onnxsal gradient + guided backprop"):
         vanilla = ex.attribute(x, target=best, method="gradient")
         guided = ex.attribute(x, target=best, method="guided_backprop")
-    g = common.to_hwc(guided)
-    ratio = common.face_ratio(np.abs(g).max(axis=-1))
-    ratio_vanilla = common.face_ratio(np.abs(common.to_hwc(vanilla)).max(axis=-1))
-    print(f"mean max|g| on the cat's face / over the image: guided {ratio:.2f}, vanilla {ratio_vanilla:.2f}")
     title = f"Keras MobileNetV2 via ONNX: {top[0]['label']} ({100 * top[0]['prob']:.0f}%), class {best}"
-    fig = common.guided_figure(img, common.to_hwc(vanilla), g, title)
-    png = common.saved(vis.save_png(fig, args.out / "guided_backprop_keras.png"))
+    ratio, ratio_vanilla, png = common.guided_report(img, vanilla, guided, title, args.out / "guided_backprop_keras.png")
 
     common.write_json({
         "example": "guided_backprop_imagenet_keras", "small": args.small, "image": "chelsea", "top5": top,

@@ -22,7 +22,6 @@ import numpy as np
 
 import _common as common
 import onnxsal
-from onnxsal import visualize as vis
 
 
 def torch_guided(model, x: np.ndarray, target: int) -> np.ndarray:
@@ -60,14 +59,9 @@ def torch_guided(model, x: np.ndarray, target: int) -> np.ndarray:
 def main() -> int:
     args = common.parse_args(__doc__)
     timer = common.Timer()
+    model, proto = common.torch_mobilenet_onnx(timer)
     import torch
 
-    from converters.torch_export import export_torch
-
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    with timer("load + export"):
-        model = common.torch_mobilenet_v2()
-        proto = export_torch(model, torch.zeros(1, 3, common.SIZE, common.SIZE))
     n_relu = sum(isinstance(m, torch.nn.ReLU) for m in model.modules())
     n_relu6 = sum(isinstance(m, torch.nn.ReLU6) for m in model.modules())
     print(f"MobileNetV2 modules: {n_relu} nn.ReLU (what the blog's hook looks for), {n_relu6} nn.ReLU6")
@@ -94,13 +88,8 @@ def main() -> int:
     rel = float(np.abs(a - b).max() / np.abs(b).max())
     print(f"guided backprop, onnxsal vs torch autograd with guided ReLU6: cosine {cosine:.6f}, max rel. diff {rel:.1e}")
 
-    g = common.to_hwc(guided)
-    ratio = common.face_ratio(np.abs(g).max(axis=-1))
-    ratio_vanilla = common.face_ratio(np.abs(common.to_hwc(vanilla)).max(axis=-1))
-    print(f"mean max|g| on the cat's face / over the image: guided {ratio:.2f}, vanilla {ratio_vanilla:.2f}")
     title = f"PyTorch MobileNetV2 via ONNX: {top[0]['label']} ({100 * top[0]['prob']:.0f}%), class {best}"
-    fig = common.guided_figure(img, common.to_hwc(vanilla), g, title)
-    png = common.saved(vis.save_png(fig, args.out / "guided_backprop_torch.png"))
+    ratio, ratio_vanilla, png = common.guided_report(img, vanilla, guided, title, args.out / "guided_backprop_torch.png")
 
     common.write_json({
         "example": "guided_backprop_imagenet_torch", "small": args.small, "image": "chelsea", "top5": top,

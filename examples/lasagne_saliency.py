@@ -55,14 +55,7 @@ def main() -> int:
     args = common.parse_args(__doc__, lambda ap: ap.add_argument(
         "--max-scale", action="store_true", help="scale each panel by its maximum, as the recipe does"))
     timer = common.Timer()
-    import torch
-
-    from converters.torch_export import export_torch
-
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    with timer("load + export"):
-        model = common.torch_mobilenet_v2()
-        proto = export_torch(model, torch.zeros(1, 3, common.SIZE, common.SIZE))
+    model, proto = common.torch_mobilenet_onnx(timer)
     ex = onnxsal.Explainer(proto, providers=args.providers)
 
     img = common.photo("chelsea")

@@ -45,14 +45,7 @@ def main() -> int:
     args = common.parse_args(__doc__, options)
     n_samples = args.samples or (10 if args.small else 50)
     timer = common.Timer()
-    import torch
-
-    from converters.torch_export import export_torch
-
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    with timer("load + export"):
-        model = common.torch_mobilenet_v2()
-        proto = export_torch(model, torch.zeros(1, 3, common.SIZE, common.SIZE))
+    model, proto = common.torch_mobilenet_onnx(timer)
     ex = onnxsal.Explainer(proto, providers=args.providers)
 
     images = np.stack([common.photo(name) for name in IMAGES])  # [3,224,224,3] uint8

@@ -26,13 +26,13 @@ CELL = 112  # 28 x 4: every input pixel is a crisp 4 x 4 block
 
 def explain_digits(ex: Explainer, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """The raw attributions of the demo, for each digit's true class, by column name."""
-    onehot = np.eye(10, dtype=np.float32)[labels]
     return {
         "vanilla": ex.attribute(images, target=labels, method="gradient"),
         "guided": ex.attribute(images, target=labels, method="guided_backprop"),
         "deconvnet": ex.attribute(images, target=labels, method="deconvnet"),
-        # keras-vis 'negate': start from -1 x the class's logit, i.e. what lowers the class score
-        "negate": ex.attribute(images, target=-onehot, method="guided_backprop"),
+        # keras-vis grad_modifier='negate' on guided saliency: where the (negated) gradient is positive,
+        # i.e. the pixels whose increase lowers the class score
+        "negate": ex.attribute(images, target=labels, method="guided_backprop", modifier="negative"),
         # no softmax swap: the gradient of the probability, which also rises when other classes fall
         "guided_softmax_kept": ex.attribute(images, target=labels, method="guided_backprop", softmax="keep"),
     }
@@ -48,7 +48,7 @@ def saliency_figure(images, labels, pred, conf, maps, accuracy: str | None = Non
     columns = ["vanilla", "guided", "deconvnet", "negate", "guided_softmax_kept"]
     heats = {c: _heat(maps[c]) for c in columns}
     rows = [[vis.to_uint8_image(images[i])] + [heats[c][i] for c in columns] for i in range(len(images))]
-    titles = ["input", "vanilla", "guided", "deconvnet", "negate\n(guided)", "guided,\nsoftmax kept"]
+    titles = ["input", "vanilla", "guided", "deconvnet", "negate\nmax(-g, 0)", "guided,\nsoftmax kept"]
     row_titles = [f"digit {labels[i]}\npred {pred[i]}\n{100 * conf[i]:.1f}%" for i in range(len(images))]
     # min-max display hides the scale; the caption keeps it (the kept softmax shrinks it by ~p(1-p))
     peaks = {c: np.abs(maps[c]).reshape(len(images), -1).max(axis=1) for c in columns}
