@@ -105,24 +105,35 @@ def keras_model(size: int, cache: Path):
 
 def bench_onnxsal(proto, x: np.ndarray, repeats: int, providers: str, n_samples: int, n_steps: int,
                   methods=METHODS) -> dict:
+    """Each method on a fresh Explainer, the previous one freed: a method's peak RSS then holds its own
+    session (weights, arena) and not those of the methods measured before it."""
+    import gc
+
     import onnxsal
 
-    ex = onnxsal.Explainer(proto, providers=providers)
+    def fresh():
+        gc.collect()
+        return onnxsal.Explainer(proto, providers=providers)
+
+    ex = fresh()
     target = np.zeros(len(x), dtype=np.int64)
     out = {"providers": ex.session_providers}
     t0 = time.perf_counter()
     ex.method_graph("gradient", "target")
     out["build_gradient_graph_s"] = time.perf_counter() - t0
+    del ex
+    ex = fresh()
     out["forward"] = measure(lambda: ex.predict(x), repeats)
-    runs = {
-        "gradient": lambda: ex.attribute(x, target=target, method="gradient"),
-        "guided_backprop": lambda: ex.attribute(x, target=target, method="guided_backprop"),
-        "smoothgrad": lambda: ex.attribute(x, target=target, method="smoothgrad", n_samples=n_samples, progress=False),
-        "integrated_gradients": lambda: ex.attribute(x, target=target, method="integrated_gradients", n_steps=n_steps, progress=False),
+    options = {
+        "gradient": {}, "guided_backprop": {},
+        "smoothgrad": {"n_samples": n_samples, "progress": False},
+        "integrated_gradients": {"n_steps": n_steps, "progress": False},
     }
-    for name, fn in runs.items():
-        if name in methods:
-            out[name] = measure(fn, repeats if name in ("gradient", "guided_backprop") else max(1, repeats // 2))
+    for name in (m for m in METHODS if m in methods):
+        del ex
+        ex = fresh()
+        out[name] = measure(lambda: ex.attribute(x, target=target, method=name, **options[name]),
+                            repeats if name in ("gradient", "guided_backprop") else max(1, repeats // 2))
     return out
 
 
