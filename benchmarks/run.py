@@ -54,6 +54,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def machine(device: str) -> dict:
+    """What the numbers were measured on: CPU model and count, library versions, the device."""
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "processor": cpu, "cpus": os.cpu_count(), "device": device,
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+
+
 def measure(fn, repeats: int, sync=None) -> dict:
     """First call, then a warm-up-free median over `repeats` calls, and the peak RSS of it all."""
     reset_peak_rss()
@@ -234,7 +249,7 @@ def main(argv=None) -> int:
             results.append(res)
             print(table([res]), file=sys.stderr)
     report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(), "device": args.device},
+        "machine": machine(args.device),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "results": results,
     }
