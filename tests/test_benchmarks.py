@@ -16,6 +16,8 @@ def test_harness_runs_on_a_tiny_setting(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(out.read_text())
+    machine = report["machine"]
+    assert machine["cpus"] >= 1 and machine["processor"] and machine["onnxruntime"] and machine["torch"]
     (result,) = report["results"]
     assert result["model"] == "mobilenet_v2" and result["batch"] == 1
     for method in ("gradient", "guided_backprop", "smoothgrad", "integrated_gradients"):
