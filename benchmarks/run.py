@@ -3,13 +3,16 @@
     python -m benchmarks.run                      # resnet50, mobilenet_v2, densenet121, keras MobileNetV2; batch 1, 8, 32
     python -m benchmarks.run --models mobilenet_v2 --batches 8 --repeats 5
     python -m benchmarks.run --quick              # a tiny setting (what the test suite runs)
+    python -m benchmarks.run --floor --methods guided_backprop --batches 8   # with the unmasked floor
 
 For each model and batch, in one process: the ORT forward time, onnxsal's time for gradient,
 guided_backprop, smoothgrad (n samples) and integrated_gradients (n steps), Captum's time for the
 same methods, and the peak RSS of each (reset before each measurement through
 /proc/self/clear_refs). Times are medians over `--repeats` runs after one warm-up run; the
 first call (graph building and session creation) is reported separately. Ratios are printed as
-a table and everything is written as JSON. On a GPU (onnxruntime-gpu), `--device cuda` runs
+a table and everything is written as JSON. `--floor` adds the backward graph with every
+rectifier mask left out, which tells how much of a method's time is masks and how much is the
+convolutions' own data gradients. On a GPU (onnxruntime-gpu), `--device cuda` runs
 onnxsal on the CUDA provider and Captum on torch's CUDA device.
 """
 
@@ -30,6 +33,7 @@ import numpy as np
 TORCHVISION = ("resnet50", "mobilenet_v2", "densenet121")
 KERAS = ("keras_mobilenet_v2",)
 METHODS = ("gradient", "guided_backprop", "smoothgrad", "integrated_gradients")
+FLOOR = "unmasked_floor"  # --floor: the backward graph without rectifier masks (a diagnostic)
 
 
 def reset_peak_rss() -> None:
@@ -118,8 +122,28 @@ def keras_model(size: int, cache: Path):
     return onnx.load(str(path))
 
 
+def _unmasked(ctx, g):
+    """Every rectifier passes the gradient through untouched: not an attribution, only a cost floor."""
+    return [g] + [None] * (len(ctx.node.input) - 1)
+
+
+def bench_unmasked_floor(proto, x: np.ndarray, repeats: int, providers: str) -> dict:
+    """onnxsal's backward graph with every Relu/Clip mask left out: the cost of the forward pass plus
+    the convolutions' data gradients as ONNX Runtime's kernels run them, a floor that no rule set
+    (guided, gradient, deconvnet) can go under on this runtime."""
+    from onnxsal.autodiff import SeedSpec, differentiate, rule_set
+    from onnxsal.runtime import create_session, resolve_providers
+
+    rules = rule_set("gradient").override("unmasked_floor", Relu=_unmasked, Clip=_unmasked)
+    graph = differentiate(proto, rules, seed=SeedSpec("target"))
+    session = create_session(graph.model, resolve_providers(providers))
+    (wrt, grad), = graph.grads.items()
+    feeds = {wrt: x, graph.target_input: np.zeros(len(x), dtype=np.int64)}
+    return measure(lambda: session.run([grad], feeds), repeats)
+
+
 def bench_onnxsal(proto, x: np.ndarray, repeats: int, providers: str, n_samples: int, n_steps: int,
-                  methods=METHODS) -> dict:
+                  methods=METHODS, floor: bool = False) -> dict:
     """Each method on a fresh Explainer, the previous one freed: a method's peak RSS then holds its own
     session (weights, arena) and not those of the methods measured before it."""
     import gc
@@ -149,6 +173,10 @@ def bench_onnxsal(proto, x: np.ndarray, repeats: int, providers: str, n_samples:
         ex = fresh()
         out[name] = measure(lambda: ex.attribute(x, target=target, method=name, **options[name]),
                             repeats if name in ("gradient", "guided_backprop") else max(1, repeats // 2))
+    if floor:
+        del ex
+        gc.collect()
+        out[FLOOR] = bench_unmasked_floor(proto, x, repeats, providers)
     return out
 
 
@@ -185,9 +213,9 @@ def ratios(result: dict) -> dict:
     ours, theirs = result["onnxsal"], result.get("captum")
     fwd = ours["forward"]["median_s"]
     out = {}
-    for m in (m for m in METHODS if m in ours):
+    for m in (m for m in METHODS + (FLOOR,) if m in ours):
         r = {"onnxsal_ms": 1000 * ours[m]["median_s"], "vs_ort_forward": ours[m]["median_s"] / fwd, "onnxsal_rss_mb": ours[m]["peak_rss_mb"]}
-        if theirs:
+        if theirs and m in theirs:
             r["captum_ms"] = 1000 * theirs[m]["median_s"]
             r["vs_captum"] = ours[m]["median_s"] / theirs[m]["median_s"]
             r["captum_rss_mb"] = theirs[m]["peak_rss_mb"]
@@ -219,6 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--no-captum", action="store_true")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the backward graph with every rectifier mask left out (a cost floor, not an attribution)")
     p.add_argument("--quick", action="store_true", help="tiny setting: mobilenet_v2 at 32x32, batch 1, 1 repeat, 2 samples")
     p.add_argument("--out", default="benchmarks/results/latest.json")
     args = p.parse_args(argv)
@@ -241,7 +271,8 @@ def main(argv=None) -> int:
             layout = (batch, args.size, args.size, 3) if name in KERAS else (batch, 3, args.size, args.size)
             x = rng.standard_normal(layout).astype(np.float32)
             res = {"model": name, "batch": batch, "size": args.size,
-                   "onnxsal": bench_onnxsal(proto, x, args.repeats, args.device, args.samples, args.samples, args.methods)}
+                   "onnxsal": bench_onnxsal(proto, x, args.repeats, args.device, args.samples, args.samples, args.methods,
+                                                 args.floor)}
             if model is not None and not args.no_captum:
                 res["captum"] = bench_captum(model, x, args.repeats, args.device, args.samples, args.samples,
                                              args.methods)
