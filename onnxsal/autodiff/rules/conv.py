@@ -92,13 +92,19 @@ def transpose_back(ctx: RuleContext, g: str, x: str, y: str, weight: str, geo: G
     return e.op("Slice", [full, e.ints([0] * n), ends, e.ints(list(range(2, 2 + n)))])
 
 
-@rule("Conv")
-def conv(ctx: RuleContext, g):
+def data_and_kernel(ctx: RuleContext) -> tuple[str, str, list[int]]:
+    """The data input, the weights and the kernel's spatial shape of a Conv or ConvTranspose, whose
+    weight and bias gradients onnxsal does not build (weights are constants to attribution)."""
     x, w = ctx.input(0), ctx.input(1)
     if any(ctx.wants[1:]):
         ctx.unsupported("gradients with respect to convolution weights or bias are not built by onnxsal")
     ws = ctx.view.static_shape(w)
-    kernel = list(ctx.attr("kernel_shape", ws[2:] if ws else []))
+    return x, w, list(ctx.attr("kernel_shape", ws[2:] if ws else []))
+
+
+@rule("Conv")
+def conv(ctx: RuleContext, g):
+    x, w, kernel = data_and_kernel(ctx)
     if not kernel:
         ctx.unsupported("the kernel shape is unknown")
     geo = geometry(ctx, spatial(ctx, x), kernel)
@@ -132,11 +138,7 @@ def correlate_back(ctx: RuleContext, g: str, w: str, geo: Geometry, group: int) 
 
 @rule("ConvTranspose")
 def conv_transpose(ctx: RuleContext, g):
-    x, w = ctx.input(0), ctx.input(1)
-    if any(ctx.wants[1:]):
-        ctx.unsupported("gradients with respect to convolution weights or bias are not built by onnxsal")
-    ws = ctx.view.static_shape(w)
-    kernel = list(ctx.attr("kernel_shape", ws[2:] if ws else []))
+    x, w, kernel = data_and_kernel(ctx)
     xs, ys = spatial(ctx, x), spatial(ctx, ctx.y)
     n = len(kernel)
     strides = list(ctx.attr("strides", [1] * n))
