@@ -272,7 +272,7 @@ def main(argv=None) -> int:
             x = rng.standard_normal(layout).astype(np.float32)
             res = {"model": name, "batch": batch, "size": args.size,
                    "onnxsal": bench_onnxsal(proto, x, args.repeats, args.device, args.samples, args.samples, args.methods,
-                                                 args.floor)}
+                                             floor=args.floor)}
             if model is not None and not args.no_captum:
                 res["captum"] = bench_captum(model, x, args.repeats, args.device, args.samples, args.samples,
                                              args.methods)
