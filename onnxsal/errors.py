@@ -13,6 +13,12 @@ class UnsupportedModelError(OnnxsalError):
     """The model is valid ONNX but cannot be differentiated as asked (missing rule, integer path...)."""
 
 
+class NeedsShapesError(UnsupportedModelError):
+    """A rule needs a shape (or rank) the file leaves dynamic: the graph can be built once the call's
+    concrete input shapes are written into it (`Explainer` does that by itself; `compile` takes
+    `input_shapes=`)."""
+
+
 class InvalidInputError(OnnxsalError):
     """An input array, target or option does not fit the model."""
 

@@ -16,6 +16,7 @@ from .methods import modifiers as _modifiers
 from .methods.graphs import AttributionGraph
 from .inputs import Target, TensorSpec, check_feeds, check_target, model_inputs, specs
 from .model_io import load_model
+from .prepare import lower
 from .runtime import create_session, resolve_providers, run
 
 
@@ -58,7 +59,9 @@ class Explainer:
         """The (cached) gradient graph for a rule set, softmax policy, seed kind and wrt values."""
         key = ("gradient_graph", rules, softmax, seed, self._wrt(wrt), tuple(extra_outputs))
         if key not in self._graphs:
-            self._graphs[key] = differentiate(self.model, rule_set(rules, softmax), wrt=list(key[4]), output=self.output,
+            rs = rule_set(rules, softmax)
+            model = lower(self.model, rs.supports, list(key[4]), self.output)
+            self._graphs[key] = differentiate(model, rs, wrt=list(key[4]), output=self.output,
                                               seed=SeedSpec(seed), extra_outputs=list(extra_outputs))
         return self._graphs[key]
 

@@ -466,3 +466,16 @@ for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"):
 case("ReduceMean", "dynamic", [W(2, 3, 4)], attrs={"axes": [0, 2]}, opset=13, dynamic=True)
 case("ReduceSum", "dynamic", [W(2, 3, 4), I(2)], attrs={"keepdims": 0}, opset=13, dynamic=True)
 case("ReduceMax", "dynamic", [W(2, 3, 4, sample=distinct), I(1)], opset=18, dynamic=True)
+
+
+# Issue 12, activations, elementwise and reductions (Elu ... ReduceProd) -----------------------------
+# (end of the activations/elementwise/reduce section)
+
+# Issue 12, normalisation, shape and indexing ops (InstanceNormalization ... ScatterND) -------------
+# (end of the normalisation/shape/indexing section)
+
+# Issue 12, pooling at every opset, function bodies and float16 ---------------------------------------
+# (end of the pooling/function-body section)
+
+# Issue 12, recurrent cells and control flow (LSTM, GRU, RNN, Loop, Scan, If) -----------------------
+# (end of the recurrent/control-flow section)

@@ -32,6 +32,7 @@ from onnx.reference.ops.op_scatter_elements import scatter_elements
 
 from onnxsal.autodiff import DEFAULT_RULES, SeedSpec, differentiate, rule_set
 from onnxsal.errors import UnsupportedModelError
+from onnxsal.prepare import LOWERINGS, lower
 from rule_cases import CASES, C, Case, In, W
 
 # -- onnx.reference, made faithful where it is not --------------------------------------------------
@@ -301,7 +302,8 @@ def wrt_names(case: Case) -> list[str]:
 
 
 def gradient_graph(model: onnx.ModelProto, wrt: list[str], output: str, rules: str = "gradient", softmax: str = "keep"):
-    return differentiate(model, rule_set(rules, softmax), wrt=wrt, output=output, seed=SeedSpec("tensor"))
+    rs = rule_set(rules, softmax)
+    return differentiate(lower(model, rs.supports, wrt, output), rs, wrt=wrt, output=output, seed=SeedSpec("tensor"))
 
 
 def ort_run(model: onnx.ModelProto, outputs: list[str], feeds: dict) -> list[np.ndarray]:
@@ -320,6 +322,8 @@ def test_every_registered_rule_has_a_case():
     covered = {c.op for c in CASES}
     missing = sorted(set(DEFAULT_RULES) - covered)
     assert not missing, f"registered gradient rules with no case in tests/rule_cases.py: {missing}"
+    unlowered = sorted(set(LOWERINGS) - covered)
+    assert not unlowered, f"registered lowerings with no case in tests/rule_cases.py: {unlowered}"
 
 
 def test_case_ids_are_unique():

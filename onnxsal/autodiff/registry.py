@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import UnsupportedModelError
+from ..errors import NeedsShapesError, UnsupportedModelError
 from .emitter import Emitter
 from .graph import GraphView
 
@@ -128,13 +128,13 @@ class RuleContext:
     def rank(self, name: str) -> int:
         r = self.view.rank(name)
         if r is None:
-            self.unsupported(f"the rank of '{name}' is unknown (ONNX shape inference could not tell)")
+            self.needs_shapes(f"the rank of '{name}' is unknown (ONNX shape inference could not tell)")
         return r
 
     def static_shape(self, name: str) -> tuple[int, ...]:
         s = self.view.static_shape(name)
         if s is None:
-            self.unsupported(f"'{name}' needs a static shape here, and shape inference gives {self.view.shape(name)}")
+            self.needs_shapes(f"'{name}' needs a static shape here, and shape inference gives {self.view.shape(name)}")
         return s
 
     @property
@@ -167,3 +167,9 @@ class RuleContext:
     def unsupported(self, why: str):
         n = self.node
         raise UnsupportedModelError(f"cannot differentiate {n.op_type} node '{n.name}': {why}.")
+
+    def needs_shapes(self, why: str):
+        """Refuse for want of a shape the file leaves dynamic; specialising on concrete input shapes fixes it."""
+        n = self.node
+        raise NeedsShapesError(f"cannot differentiate {n.op_type} node '{n.name}' with dynamic input shapes: {why}; "
+                               f"fix the input shape (input_shapes= / --input-shape).")

@@ -45,7 +45,7 @@ def geometry(ctx: RuleContext, spatial_in: list[int] | None, kernel: list[int]) 
     mode = _auto_pad(ctx)
     if mode in ("SAME_UPPER", "SAME_LOWER"):
         if spatial_in is None:
-            ctx.unsupported("auto_pad SAME needs static spatial sizes")
+            ctx.needs_shapes("auto_pad SAME needs static spatial sizes")
         begin, end = [], []
         for i in range(n):
             out = -(-spatial_in[i] // strides[i])
@@ -82,7 +82,7 @@ def transpose_back(ctx: RuleContext, g: str, x: str, y: str, weight: str, geo: G
             extra.append(max(-rest, 0))
         return ctx.op("ConvTranspose", [g, weight], pads=geo.begin + end, output_padding=extra, **attrs)
     if _auto_pad(ctx) in ("SAME_UPPER", "SAME_LOWER"):
-        ctx.unsupported("auto_pad SAME with dynamic spatial sizes")
+        ctx.needs_shapes("auto_pad SAME with dynamic spatial sizes")
     # Dynamic spatial sizes: overshoot by stride-1 at the end, then crop to x's run-time shape.
     extra = [s - 1 if s > 1 else 0 for s in geo.strides]
     full = ctx.op("ConvTranspose", [g, weight], pads=geo.begin + [0] * len(geo.end), output_padding=extra, **attrs)
@@ -106,7 +106,7 @@ def data_and_kernel(ctx: RuleContext) -> tuple[str, str, list[int]]:
 def conv(ctx: RuleContext, g):
     x, w, kernel = data_and_kernel(ctx)
     if not kernel:
-        ctx.unsupported("the kernel shape is unknown")
+        ctx.needs_shapes("the kernel shape is unknown")
     geo = geometry(ctx, spatial(ctx, x), kernel)
     group = ctx.attr("group", 1)
     gx = correlate_back(ctx, g, w, geo, group)
@@ -146,7 +146,7 @@ def conv_transpose(ctx: RuleContext, g):
     begin = list(ctx.attr("pads", [0] * (2 * n)))[:n]
     if ctx.attr("output_shape") is not None or _auto_pad(ctx) in ("SAME_UPPER", "SAME_LOWER"):
         if xs is None or ys is None:
-            ctx.unsupported("output_shape/auto_pad need static spatial sizes")
+            ctx.needs_shapes("output_shape/auto_pad need static spatial sizes")
         upper = _auto_pad(ctx) == "SAME_UPPER"  # the spec (and onnxruntime): NOTSET splits like SAME_LOWER
         begin = []
         for i in range(n):

@@ -39,7 +39,7 @@ def _unbroadcast_2d(ctx: RuleContext, g: str, c: str) -> str:
     """Sum the (M, N) gradient down to C's shape: (M, N), (M, 1), (1, N), (N,), (1,) or a scalar."""
     shape = ctx.shape(c)
     if shape is None:
-        ctx.unsupported(f"the rank of the bias '{c}' is unknown")
+        ctx.needs_shapes(f"the rank of the bias '{c}' is unknown")
     rank = len(shape)
     out = g
     if rank < 2:  # C lines up with the last axis: sum the rows, and the columns too if C has one entry

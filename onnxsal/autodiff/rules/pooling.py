@@ -31,7 +31,7 @@ def average_pool(ctx: RuleContext, g):
     x = ctx.x
     xs = ctx.shape(x)
     if xs is None or not all(isinstance(d, int) for d in xs[1:]):
-        ctx.unsupported("AveragePool gradients need static channel and spatial sizes")
+        ctx.needs_shapes("AveragePool gradients need static channel and spatial sizes")
     kernel = list(ctx.attr("kernel_shape"))
     geo = geometry(ctx, list(xs[2:]), kernel)
     e = ctx.emitter
@@ -41,7 +41,7 @@ def average_pool(ctx: RuleContext, g):
     pooled_ones = ctx.op("AveragePool", [ones], **{a.name: ctx.attr(a.name) for a in ctx.node.attribute})
     ys = ctx.shape(ctx.y)
     if ys is None or not all(isinstance(d, int) for d in ys[2:]):
-        ctx.unsupported("AveragePool gradients need a static output shape")
+        ctx.needs_shapes("AveragePool gradients need a static output shape")
     per_axis = []
     for i, size in enumerate(xs[2:]):
         starts = np.arange(ys[2 + i]) * geo.strides[i] - geo.begin[i]

@@ -18,7 +18,7 @@ def reduced_axes(ctx: RuleContext) -> list[int]:
         else:
             axes = ctx.const(1)
             if axes is None:
-                ctx.unsupported("the reduction axes are computed at run time")
+                ctx.needs_shapes("the reduction axes are computed at run time")
             axes = [int(a) for a in np.ravel(axes)]
     else:
         axes = ctx.attr("axes")

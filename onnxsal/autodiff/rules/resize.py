@@ -83,7 +83,7 @@ def resize(ctx: RuleContext, g):
     x = ctx.x
     xs, ys = ctx.shape(x), ctx.shape(ctx.y)
     if xs is None or ys is None:
-        ctx.unsupported("Resize gradients need the ranks of the input and output")
+        ctx.needs_shapes("Resize gradients need the ranks of the input and output")
     rank = len(xs)
     scales_in = 1 if _legacy(ctx) else 2
     scales = ctx.const(scales_in) if ctx.input(scales_in) else None
@@ -107,7 +107,7 @@ def resize(ctx: RuleContext, g):
         if untouched and (xs[axis] == ys[axis] or scale == 1.0):
             continue  # (a free batch axis resized by 1 is left alone)
         if not isinstance(xs[axis], int) or not isinstance(ys[axis], int):
-            ctx.unsupported(f"axis {axis} is resized, and its sizes must be static, not {xs[axis]} -> {ys[axis]}")
+            ctx.needs_shapes(f"axis {axis} is resized, and its sizes must be static, not {xs[axis]} -> {ys[axis]}")
         roi = None if rois is None else rois[axis]
         r = _interpolation_matrix(ctx, axis, rank, xs[axis], ys[axis], scale, roi).astype(ctx.dtype)
         if axis == rank - 1:

@@ -97,13 +97,13 @@ def pad(ctx: RuleContext, g):
     rank = ctx.rank(ctx.x)
     pads = ctx.attr("pads") if ctx.opset < 11 else ctx.const(1)
     if pads is None:
-        ctx.unsupported("the pads are computed at run time")
+        ctx.needs_shapes("the pads are computed at run time")
     pads = [int(p) for p in np.ravel(pads)]
     axes = list(range(rank))
     if ctx.opset >= 18 and ctx.input(3):
         a = ctx.const(3)
         if a is None:
-            ctx.unsupported("the pad axes are computed at run time")
+            ctx.needs_shapes("the pad axes are computed at run time")
         axes = [int(v) % rank for v in np.ravel(a)]
     n = len(axes)
     e = ctx.emitter
