@@ -12,6 +12,7 @@ The stages run in this order, each in its own module with one job:
 `differentiate` (onnxsal.autodiff) then reads the prepared graph.
 """
 
+from . import control_flow, functions, recurrent  # noqa: F401  (register their lowerings)
 from .lower import LOWERINGS, LowerContext, lower, lowering
 
 __all__ = ["LOWERINGS", "LowerContext", "lower", "lowering"]

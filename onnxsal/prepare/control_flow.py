@@ -1,0 +1,1 @@
+"""Lowerings of control flow (Loop, Scan, If) into straight-line graphs the rules can differentiate."""
