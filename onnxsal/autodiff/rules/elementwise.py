@@ -1,4 +1,13 @@
-"""Elementwise arithmetic and smooth unary functions. Broadcasting is undone by the driver."""
+"""Elementwise arithmetic, smooth unary functions, trigonometric and hyperbolic functions, the
+variadic Min/Max/Mean, and the piecewise-constant Floor/Ceil/Round/Sign. Broadcasting is undone
+by the driver.
+
+Min and Max send the gradient to the input that attains the extremum. On ties the gradient is
+split evenly among the inputs that attain it (torch.maximum/torch.minimum give each of two tied
+inputs half; with n inputs tied, each gets 1/n), so the parts always add up to the incoming
+gradient. Floor, Ceil, Round and Sign have zero gradient almost everywhere, as in PyTorch and
+TensorFlow: their rules give zeros of the input's run-time shape.
+"""
 
 from __future__ import annotations
 
@@ -131,3 +140,105 @@ def where(ctx: RuleContext, g):
         ctx.op("Where", [cond, g, zero]) if ctx.wants[1] else None,
         ctx.op("Where", [cond, zero, g]) if ctx.wants[2] else None,
     ]
+
+
+# -- variadic Min, Max, Mean -----------------------------------------------------------------------------
+@rule("Max", "Min", broadcasting=True)
+def extremum(ctx: RuleContext, g):
+    """g, split evenly among the inputs equal to the output (x_i attains the max iff not x_i < y)."""
+    inputs = list(ctx.node.input)
+    if len(inputs) == 1:
+        return [g]
+    beaten = "Less" if ctx.node.op_type == "Max" else "Greater"
+    et = ctx.view.elem_type(ctx.y)
+    attains = [ctx.op("Cast", [ctx.op("Not", [ctx.op(beaten, [x, ctx.y])])], to=et) for x in inputs]
+    share = ctx.op("Div", [g, ctx.op("Sum", attains)])  # the count is >= 1 everywhere
+    return [ctx.op("Mul", [share, mask]) if want else None for mask, want in zip(attains, ctx.wants)]
+
+
+@rule("Mean", broadcasting=True)
+def mean(ctx: RuleContext, g):
+    n = len(ctx.node.input)
+    share = g if n == 1 else ctx.op("Mul", [g, ctx.scalar(1.0 / n)])
+    return [share] * n
+
+
+# -- trigonometric and hyperbolic functions, on their domains -------------------------------------------------
+def _times(ctx: RuleContext, g, slope: str) -> list:
+    return [ctx.op("Mul", [g, slope])]
+
+
+def _over_sqrt(ctx: RuleContext, g, radicand: str, sign: float = 1.0) -> list:
+    """sign * g / sqrt(radicand): the derivatives of Asin, Acos, Asinh, Acosh."""
+    gs = g if sign > 0 else ctx.op("Neg", [g])
+    return [ctx.op("Div", [gs, ctx.op("Sqrt", [radicand])])]
+
+
+def _one_minus_x2(ctx: RuleContext) -> str:
+    return ctx.op("Sub", [ctx.scalar(1.0), ctx.op("Mul", [ctx.x, ctx.x])])
+
+
+def _x2_plus(ctx: RuleContext, c: float) -> str:
+    return ctx.op("Add", [ctx.op("Mul", [ctx.x, ctx.x]), ctx.scalar(c)])
+
+
+@rule("Sin")
+def sin(ctx: RuleContext, g):
+    return _times(ctx, g, ctx.op("Cos", [ctx.x]))
+
+
+@rule("Cos")
+def cos(ctx: RuleContext, g):
+    return _times(ctx, g, ctx.op("Neg", [ctx.op("Sin", [ctx.x])]))
+
+
+@rule("Tan")
+def tan(ctx: RuleContext, g):
+    return _times(ctx, g, ctx.op("Add", [ctx.op("Mul", [ctx.y, ctx.y]), ctx.scalar(1.0)]))
+
+
+@rule("Asin")
+def asin(ctx: RuleContext, g):
+    return _over_sqrt(ctx, g, _one_minus_x2(ctx))
+
+
+@rule("Acos")
+def acos(ctx: RuleContext, g):
+    return _over_sqrt(ctx, g, _one_minus_x2(ctx), sign=-1.0)
+
+
+@rule("Atan")
+def atan(ctx: RuleContext, g):
+    return [ctx.op("Div", [g, _x2_plus(ctx, 1.0)])]
+
+
+@rule("Sinh")
+def sinh(ctx: RuleContext, g):
+    return _times(ctx, g, ctx.op("Cosh", [ctx.x]))
+
+
+@rule("Cosh")
+def cosh(ctx: RuleContext, g):
+    return _times(ctx, g, ctx.op("Sinh", [ctx.x]))
+
+
+@rule("Asinh")
+def asinh(ctx: RuleContext, g):
+    return _over_sqrt(ctx, g, _x2_plus(ctx, 1.0))
+
+
+@rule("Acosh")
+def acosh(ctx: RuleContext, g):
+    return _over_sqrt(ctx, g, _x2_plus(ctx, -1.0))
+
+
+@rule("Atanh")
+def atanh(ctx: RuleContext, g):
+    return [ctx.op("Div", [g, _one_minus_x2(ctx)])]
+
+
+# -- piecewise constant ------------------------------------------------------------------------------------
+@rule("Floor", "Ceil", "Round", "Sign")
+def piecewise_constant(ctx: RuleContext, g):
+    """Zero almost everywhere (the jumps have no derivative): zeros of x's run-time shape."""
+    return [ctx.zeros_like(ctx.x)]
