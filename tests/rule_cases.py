@@ -469,13 +469,362 @@ case("ReduceMax", "dynamic", [W(2, 3, 4, sample=distinct), I(1)], opset=18, dyna
 
 
 # Issue 12, activations, elementwise and reductions (Elu ... ReduceProd) -----------------------------
+def lattice(k: int, of: int, points: int = 64) -> Sampler:
+    """Distinct values in [-2, 2] on a lattice of points * of steps, input k of `of` taking the
+    residue k: no two inputs of a Min/Max are ever equal or within 0.02 of each other (no ties)."""
+
+    def draw(rng, shape):
+        j = rng.choice(points, int(np.prod(shape)), replace=False)
+        return ((j * of + k) / (points * of) * 4.0 - 2.0).reshape(shape)
+
+    return draw
+
+
+def with_zeros(fraction: float = 0.3) -> Sampler:
+    """Normal values with about `fraction` of them exactly 0 (ReduceProd, whose gradient may not divide by x)."""
+
+    def draw(rng, shape):
+        x = rng.standard_normal(shape)
+        return np.where(rng.random(shape) < fraction, 0.0, x)
+
+    return draw
+
+
+_R12 = np.random.default_rng(12)  # this section's constants (leaves _R's draws to the sections below)
+
+
+# Exponential units, smooth gates, thresholds (Where in the gradient: opset >= 9) -------------------
+case("Elu", "default-alpha", [W(2, 3, 4, sample=_kink0)], opset=13)
+case("Elu", "alpha", [W(2, 3, 4, sample=_kink0)], attrs={"alpha": 0.5}, opset=13)
+case("Elu", "opset22", [W(2, 3, 4, sample=_kink0)], attrs={"alpha": 1.5}, opset=22)
+case("Selu", "default", [W(2, 3, 4, sample=_kink0)], opset=13)
+case("Selu", "alpha-gamma", [W(2, 3, 4, sample=_kink0)], attrs={"alpha": 1.2, "gamma": 0.8}, opset=22)
+case("Celu", "default-alpha", [W(2, 3, 4, sample=_kink0)], opset=12)
+case("Celu", "alpha", [W(2, 3, 4, sample=away(0.0, lo=-4, hi=3))], attrs={"alpha": 2.0}, opset=12)
+case("Gelu", "exact", [W(2, 3, 4, sample=uniform(-3, 3))], opset=20)
+case("Gelu", "exact-explicit", [W(2, 3, 4)], attrs={"approximate": "none"}, opset=20)
+case("Gelu", "tanh", [W(2, 3, 4, sample=uniform(-3, 3))], attrs={"approximate": "tanh"}, opset=20)
+case("Mish", "opset18", [W(2, 3, 4, sample=uniform(-3, 3))], opset=18)
+case("Mish", "opset22", [W(2, 3, 4)], opset=22)
+case("Softplus", "plain", [W(2, 3, 4, sample=uniform(-3, 3))], opset=13)
+case("Softplus", "opset22", [W(2, 3, 4)], opset=22)
+case("Softsign", "plain", [W(2, 3, 4, sample=_kink0)], opset=13)
+case("Softsign", "opset22", [W(2, 3, 4, sample=_kink0)], opset=22)
+case("Swish", "default-alpha", [W(2, 3, 4, sample=uniform(-3, 3))], opset=24)
+case("Swish", "alpha", [W(2, 3, 4, sample=uniform(-3, 3))], attrs={"alpha": 0.5}, opset=24)
+case("ThresholdedRelu", "default-alpha", [W(2, 3, 4, sample=away(1.0, lo=-1, hi=3))], opset=10)
+case("ThresholdedRelu", "alpha", [W(2, 3, 4, sample=away(0.3))], attrs={"alpha": 0.3}, opset=22)
+case("Shrink", "default", [W(2, 3, 4, sample=away(-0.5, 0.5))], opset=9)
+case("Shrink", "lambd-bias", [W(2, 3, 4, sample=away(-0.3, 0.3))], attrs={"lambd": 0.3, "bias": 0.1}, opset=9)
+
+# Min, Max (to the input attaining the extremum; inputs on disjoint lattices, so no ties), Mean ------
+for op in ("Max", "Min"):
+    case(op, "two-same-shape", [W(2, 3, 4, sample=lattice(0, 2)), W(2, 3, 4, sample=lattice(1, 2))], opset=13)
+    case(op, "three-bcast", [W(2, 3, 4, sample=lattice(0, 3)), W(3, 1, sample=lattice(1, 3)), W(4, sample=lattice(2, 3))],
+         opset=13)
+    case(op, "one", [W(2, 3)], opset=13)
+    case(op, "const-other", [W(2, 3, 4, sample=lattice(0, 2)), C(lattice(1, 2)(_R12, (4,)))], opset=13)
+    case(op, "opset8-bcast", [W(2, 3, sample=lattice(0, 2)), W(3, sample=lattice(1, 2))], opset=8)
+    case(op, "opset7-same-shape", [W(2, 3, sample=lattice(0, 2)), W(2, 3, sample=lattice(1, 2))], opset=7)
+    case(op, "dynamic", [W(2, 3, 4, sample=lattice(0, 3)), W(3, 1, sample=lattice(1, 3)), W(4, sample=lattice(2, 3))],
+         opset=13, dynamic=True)
+case("Mean", "one", [W(2, 3)], opset=13)
+case("Mean", "two-same-shape", [W(2, 3, 4), W(2, 3, 4)], opset=13)
+case("Mean", "three-bcast", [W(2, 3, 4), W(3, 1), W()], opset=13)
+case("Mean", "const-other", [C(_R12.standard_normal((3, 1))), W(2, 3, 4)], opset=8)
+case("Mean", "dynamic", [W(2, 3, 4), W(3, 1), W(4)], opset=13, dynamic=True)
+
+# Trigonometric and hyperbolic functions, sampled inside their domains --------------------------------
+case("Sin", "plain", [W(2, 3, 4, sample=uniform(-4, 4))], opset=7)
+case("Cos", "plain", [W(2, 3, 4, sample=uniform(-4, 4))], opset=7)
+case("Tan", "plain", [W(2, 3, 4, sample=uniform(-1.2, 1.2))], opset=7)
+case("Asin", "inside", [W(2, 3, 4, sample=uniform(-0.9, 0.9))], opset=7)
+case("Acos", "inside", [W(2, 3, 4, sample=uniform(-0.9, 0.9))], opset=7)
+case("Atan", "plain", [W(2, 3, 4, sample=uniform(-3, 3))], opset=7)
+case("Sinh", "plain", [W(2, 3, 4)], opset=9)
+case("Cosh", "plain", [W(2, 3, 4)], opset=9)
+case("Asinh", "plain", [W(2, 3, 4, sample=uniform(-3, 3))], opset=9)
+case("Acosh", "above-1", [W(2, 3, 4, sample=uniform(1.2, 3.0))], opset=9)
+case("Atanh", "inside", [W(2, 3, 4, sample=uniform(-0.9, 0.9))], opset=9)
+for op, sample in (("Sin", uniform(-4, 4)), ("Cos", uniform(-4, 4)), ("Tan", uniform(-1.2, 1.2)),
+                   ("Asin", uniform(-0.9, 0.9)), ("Acos", uniform(-0.9, 0.9)), ("Atan", normal), ("Sinh", normal),
+                   ("Cosh", normal), ("Asinh", normal), ("Acosh", uniform(1.2, 3.0)), ("Atanh", uniform(-0.9, 0.9))):
+    case(op, "opset22", [W(2, 3, sample=sample)], opset=22)
+
+# Piecewise constant: zero gradient, sampled away from the jumps (central differences see 0 too) -------
+_integers = away(-2.0, -1.0, 0.0, 1.0, 2.0, lo=-2.5, hi=2.5)
+_halves = away(-1.5, -0.5, 0.5, 1.5, lo=-2.0, hi=2.0)
+case("Floor", "away-from-integers", [W(2, 3, 4, sample=_integers)], opset=13)
+case("Floor", "opset9", [W(2, 3, sample=_integers)], opset=9)
+case("Floor", "dynamic", [W(2, 3, 4, sample=_integers)], opset=13, dynamic=True)
+case("Ceil", "away-from-integers", [W(2, 3, 4, sample=_integers)], opset=13)
+case("Ceil", "opset9", [W(2, 3, sample=_integers)], opset=9)
+case("Round", "away-from-halves", [W(2, 3, 4, sample=_halves)], opset=11)
+case("Round", "opset22", [W(2, 3, sample=_halves)], opset=22)
+case("Sign", "away-from-0", [W(2, 3, 4, sample=_kink0)], opset=13)
+case("Sign", "opset9-dynamic", [W(2, 3, sample=_kink0)], opset=9, dynamic=True)
+
+# The rest of the Reduce family: axes an attribute before opset 18, an input from 18 ------------------
+_reduce_samples = {"ReduceL1": away(0.0), "ReduceL2": normal, "ReduceLogSumExp": normal, "ReduceSumSquare": normal,
+                   "ReduceProd": normal, "ReduceLogSum": positive(0.2, 2.0)}
+for op, sample in _reduce_samples.items():
+    _wx = (lambda *s, sample=sample: W(*s, sample=sample))
+    case(op, "opset13-axes-keepdims", [_wx(2, 3, 4)], attrs={"axes": [1]}, opset=13)
+    case(op, "opset13-neg-axes-nokeep", [_wx(2, 3, 4)], attrs={"axes": [-1, 0], "keepdims": 0}, opset=13)
+    case(op, "opset11-attr", [_wx(2, 3, 4)], attrs={"axes": [1, 2], "keepdims": 0}, opset=11)
+    case(op, "opset18-input-axes", [_wx(2, 3, 4), I(0, 2)], attrs={"keepdims": 0}, opset=18)
+    case(op, "all-axes-nokeep", [_wx(2, 3, 4)], attrs={"keepdims": 0}, opset=13)
+    case(op, "opset18-all-keep", [_wx(2, 3, 4)], opset=18)
+    case(op, "opset18-noop-empty-axes", [_wx(2, 3)], attrs={"noop_with_empty_axes": 1}, opset=18)
+    case(op, "opset18-empty-axes-input", [_wx(2, 3), I()], attrs={"noop_with_empty_axes": 1}, opset=18)
+    if op != "ReduceProd":  # ReduceProd needs static sizes on the reduced axes (see reduce.py)
+        case(op, "dynamic", [_wx(2, 3, 4), I(1)], attrs={"keepdims": 0}, opset=18, dynamic=True)
+case("ReduceProd", "zeros-in-x", [W(3, 4, 5, sample=with_zeros(0.3))], attrs={"axes": [2]}, opset=13)
+case("ReduceProd", "zeros-two-axes", [W(3, 4, 5, sample=with_zeros(0.15)), I(1, 2)], opset=18)
+case("ReduceProd", "odd-sizes", [W(2, 5, 7, sample=uniform(0.5, 1.5))], attrs={"axes": [1, 2], "keepdims": 0}, opset=13)
+case("ReduceProd", "size-one-axis", [W(2, 1, 3)], attrs={"axes": [1]}, opset=13)
+case("ReduceProd", "opset9-attr", [W(2, 3, 4)], attrs={"axes": [2, 0]}, opset=9)
+case("ReduceProd", "opset10", [W(2, 3, 4, sample=with_zeros(0.2))], attrs={"axes": [1], "keepdims": 0}, opset=10)
+case("ReduceL2", "opset9-attr", [W(2, 3, 4)], attrs={"axes": [1]}, opset=9)
 # (end of the activations/elementwise/reduce section)
 
 # Issue 12, normalisation, shape and indexing ops (InstanceNormalization ... ScatterND) -------------
+# Instance/Group/MeanVariance/Lp normalisation and LRN: data gradients, parameters constant.
+case("InstanceNormalization", "nchw", [W(2, 3, 4, 4), C(rand(3)), C(rand(3))], attrs={"epsilon": 1e-3})
+case("InstanceNormalization", "1d", [W(2, 3, 5), C(rand(3)), C(rand(3))])
+case("InstanceNormalization", "3d-opset7", [W(1, 2, 3, 2, 2), C(rand(2)), C(rand(2))], opset=7)
+case("InstanceNormalization", "fed-params", [W(2, 3, 4), F(3), F(3)])
+case("InstanceNormalization", "dynamic", [W(2, 3, 4, 3), C(rand(3)), C(rand(3))], dynamic=True)
+case("GroupNormalization", "opset18-per-group", [W(2, 6, 3, 2), C(rand(3)), C(rand(3))], attrs={"num_groups": 3}, opset=18)
+case("GroupNormalization", "opset18-1d-eps", [W(2, 4, 5), C(rand(2)), C(rand(2))],
+     attrs={"num_groups": 2, "epsilon": 1e-2}, opset=18)
+case("GroupNormalization", "opset21-per-channel", [W(2, 6, 3, 2), C(rand(6)), C(rand(6))], attrs={"num_groups": 3}, opset=21)
+case("GroupNormalization", "opset21-one-group", [W(2, 4, 3, 3), C(rand(4)), C(rand(4))], attrs={"num_groups": 1}, opset=21)
+case("GroupNormalization", "opset21-dynamic", [W(2, 6, 2, 3), C(rand(6)), C(rand(6))], attrs={"num_groups": 2}, opset=21,
+     dynamic=True)
+case("MeanVarianceNormalization", "default-axes", [W(2, 3, 4, 4)], opset=13)
+case("MeanVarianceNormalization", "axes-1", [W(2, 5, 3)], attrs={"axes": [1]}, opset=13)
+case("MeanVarianceNormalization", "opset9-spatial", [W(2, 3, 3, 4)], attrs={"axes": [2, 3]}, opset=9)
+case("MeanVarianceNormalization", "dynamic", [W(2, 3, 4, 4)], attrs={"axes": [0, 2, -1]}, opset=18, dynamic=True)
+case("LpNormalization", "p2-default-axis", [W(2, 3, 4)])
+case("LpNormalization", "p1-axis1", [W(2, 3, 4, sample=_kink0)], attrs={"p": 1, "axis": 1})
+case("LpNormalization", "p2-axis0-opset22", [W(3, 4)], attrs={"p": 2, "axis": 0}, opset=22)
+case("LpNormalization", "p1-dynamic", [W(2, 5, sample=_kink0)], attrs={"p": 1}, dynamic=True)
+case("LRN", "alexnet-size5", [W(2, 7, 3, 3)], attrs={"size": 5, "alpha": 0.3, "beta": 0.75, "bias": 2.0})
+case("LRN", "size1", [W(1, 3, 2, 3)], attrs={"size": 1, "alpha": 0.5, "beta": 0.6, "bias": 1.5})
+case("LRN", "defaults-size3", [W(2, 4, 2, 2)], attrs={"size": 3})
+case("LRN", "opset9-size-exceeds-channels", [W(1, 3, 3, 2)], attrs={"size": 5, "alpha": 0.4, "beta": 1.2}, opset=9)
+case("LRN", "dynamic", [W(1, 5, 3, 3)], attrs={"size": 3, "alpha": 0.3, "beta": 0.75}, dynamic=True)
+# Tile, DepthToSpace/SpaceToDepth, CumSum, Trilu (data side).
+case("Tile", "const-repeats", [W(2, 3), I(2, 3)])
+case("Tile", "3d-with-ones", [W(2, 1, 3), I(1, 3, 2)], opset=13)
+case("Tile", "fed-repeats", [W(2, 3), F(2, sample=fixed(3, 2), dtype=TensorProto.INT64)])
+case("Tile", "dynamic", [W(2, 3, 2), I(2, 1, 2)], dynamic=True)
+case("Tile", "dynamic-fed-repeats", [W(3, 2), F(2, sample=fixed(1, 3), dtype=TensorProto.INT64)], dynamic=True)
+case("Tile", "opset7", [W(2, 2), I(2, 2)], opset=7)
+case("DepthToSpace", "dcr", [W(1, 8, 2, 3)], attrs={"blocksize": 2, "mode": "DCR"}, opset=13)
+case("DepthToSpace", "crd", [W(2, 8, 2, 3)], attrs={"blocksize": 2, "mode": "CRD"}, opset=13)
+case("DepthToSpace", "crd-block3-opset11", [W(1, 18, 2, 2)], attrs={"blocksize": 3, "mode": "CRD"}, opset=11)
+case("DepthToSpace", "opset9-default-dcr", [W(2, 4, 2, 2)], attrs={"blocksize": 2}, opset=9)
+case("DepthToSpace", "crd-dynamic", [W(1, 8, 3, 2)], attrs={"blocksize": 2, "mode": "CRD"}, opset=13, dynamic=True)
+case("DepthToSpace", "dcr-dynamic", [W(2, 4, 2, 3)], attrs={"blocksize": 2}, opset=13, dynamic=True)
+case("SpaceToDepth", "block2", [W(1, 2, 4, 6)], attrs={"blocksize": 2}, opset=13)
+case("SpaceToDepth", "block3-opset9", [W(2, 1, 3, 6)], attrs={"blocksize": 3}, opset=9)
+case("SpaceToDepth", "dynamic", [W(1, 3, 4, 2)], attrs={"blocksize": 2}, opset=13, dynamic=True)
+case("CumSum", "axis0", [W(3, 4), C(np.array(0, dtype=np.int64))], opset=14)
+case("CumSum", "exclusive", [W(2, 5), C(np.array(1, dtype=np.int64))], attrs={"exclusive": 1}, opset=14)
+case("CumSum", "reverse-neg-axis", [W(2, 3, 4), C(np.array(-2, dtype=np.int64))], attrs={"reverse": 1}, opset=14)
+case("CumSum", "exclusive-reverse-opset11", [W(4, 3), C(np.array(0, dtype=np.int32))],
+     attrs={"exclusive": 1, "reverse": 1}, opset=11)
+case("CumSum", "dynamic", [W(2, 5), C(np.array(1, dtype=np.int64))], attrs={"reverse": 1}, opset=14, dynamic=True)
+case("Trilu", "upper-default", [W(3, 4)], opset=14)
+case("Trilu", "lower-k-neg", [W(2, 4, 3), C(np.array(-1, dtype=np.int64))], attrs={"upper": 0}, opset=14)
+case("Trilu", "upper-k2", [W(4, 5), C(np.array(2, dtype=np.int64))], opset=14)
+case("Trilu", "lower-dynamic", [W(2, 3, 3)], attrs={"upper": 0}, opset=14, dynamic=True)
+# Gather family (data side) and scatters (data and updates sides; unique indices for reduction none).
+def _ix(*rows) -> In:
+    return C(np.array(rows, dtype=np.int64))
+
+
+case("Gather", "opset9-distinct", [W(5, 3), I(3, -1)], opset=9)
+case("Gather", "opset13-repeated-one-hot", [W(4, 3), I(2, 0, 2, -2)], opset=13)
+case("Gather", "opset13-fed-indices-axis1", [W(2, 4, 3), F(2, 3, sample=ints(-4, 3), dtype=TensorProto.INT64)],
+     attrs={"axis": 1}, opset=13)
+case("Gather", "opset11-fed-scalar-last-axis", [W(2, 3, 4), F(sample=ints(-4, 3), dtype=TensorProto.INT64)],
+     attrs={"axis": -1}, opset=11)
+case("Gather", "opset13-dynamic-int32-indices", [W(3, 4, 2), F(5, sample=ints(-4, 3), dtype=TensorProto.INT32)],
+     attrs={"axis": 1}, opset=13, dynamic=True)
+case("Gather", "opset11-scalar-negative", [W(2, 4), C(np.array(-3, dtype=np.int64))], attrs={"axis": 1}, opset=11)
+case("GatherElements", "axis0-repeated", [W(3, 4), _ix([0, 2, -1, 1], [2, 0, 0, -3])])
+case("GatherElements", "neg-axis-distinct-opset13", [W(2, 4), _ix([3, 0], [-1, 1])], attrs={"axis": -1}, opset=13)
+case("GatherElements", "3d-smaller-indices", [W(2, 3, 4), C(rand(2, 2, 4, sample=ints(-3, 2)).astype(np.int64))],
+     attrs={"axis": 1})
+case("GatherElements", "fed-indices", [W(3, 4), F(2, 4, sample=ints(-3, 2), dtype=TensorProto.INT64)])
+case("GatherElements", "dynamic", [W(3, 4), _ix([0, 2, -1, 1], [2, 0, 0, -3])], dynamic=True)
+case("GatherND", "b0-elements", [W(3, 4), _ix([0, 1], [2, -1], [1, 3])], opset=13)
+case("GatherND", "b0-slices-opset11", [W(3, 4, 2), _ix([2], [0])], opset=11)
+case("GatherND", "b0-repeated", [W(3, 4), _ix([0, 1], [0, 1], [2, 2])])
+case("GatherND", "b1-repeated", [W(2, 3, 4), C(np.array([[[2], [0]], [[1], [1]]], dtype=np.int64))], attrs={"batch_dims": 1})
+case("GatherND", "b1-distinct-opset13", [W(2, 3, 4), C(np.array([[[2, 1], [0, 3]], [[1, 0], [1, -1]]], dtype=np.int64))],
+     attrs={"batch_dims": 1}, opset=13)
+case("GatherND", "fed-indices", [W(3, 4), F(3, 2, sample=ints(0, 2), dtype=TensorProto.INT64)])
+case("GatherND", "b1-dynamic", [W(2, 3, 4), C(np.array([[[2], [0]], [[1], [1]]], dtype=np.int64))], attrs={"batch_dims": 1},
+     dynamic=True)
+case("ScatterElements", "axis0-both", [W(3, 4), _ix([1, 0, 2, 0], [2, 2, 1, 1]), W(2, 4)])
+case("ScatterElements", "neg-axis-data-only-opset11", [W(2, 5), _ix([-1, 0], [2, 1]), C(rand(2, 2))], attrs={"axis": -1},
+     opset=11)
+case("ScatterElements", "updates-only", [C(rand(3, 4)), _ix([1, 0, 2, -1]), W(1, 4)], opset=13)
+case("ScatterElements", "opset16-add-repeated", [W(3, 4), _ix([1, 1, 2, 0], [1, 2, 2, 0]), W(2, 4)],
+     attrs={"reduction": "add"}, opset=16)
+case("ScatterElements", "fed-indices", [W(3, 4), F(1, 4, sample=fixed(2, 0, 1, 1), dtype=TensorProto.INT64), W(1, 4)])
+case("ScatterElements", "dynamic", [W(3, 4), _ix([1, 0, 2, 0], [2, 2, 1, 1]), W(2, 4)], attrs={"axis": 0}, dynamic=True)
+case("Scatter", "opset9-data-only", [W(3, 3), _ix([2, 0, 1]), C(rand(1, 3))], opset=9)
+case("ScatterND", "elements", [W(4, 3), _ix([0, 1], [3, 2], [1, 0]), W(3)])
+case("ScatterND", "slices-opset11", [W(4, 3), _ix([2], [0]), W(2, 3)], opset=11)
+case("ScatterND", "neg-indices-updates-only", [C(rand(4, 3)), _ix([-1], [1]), W(2, 3)], opset=13)
+case("ScatterND", "opset16-add-repeated", [W(4, 3), _ix([1], [1], [3]), W(3, 3)], attrs={"reduction": "add"}, opset=16)
+case("ScatterND", "fed-indices", [W(4, 3), F(2, 1, sample=fixed(3, 1), dtype=TensorProto.INT64), W(2, 3)])
+case("ScatterND", "dynamic", [W(2, 3, 2), _ix([[0, 2]], [[1, 0]]), W(2, 1, 2)], dynamic=True)
+# Einsum: each float operand's gradient is an Einsum of g with the others.
+case("Einsum", "matmul", [W(3, 4), W(4, 5)], attrs={"equation": "ij,jk->ik"}, opset=12)
+case("Einsum", "batched-bilinear", [W(2, 3, 4), W(2, 4, 5)], attrs={"equation": "bij, bjk -> bik"}, opset=13)
+case("Einsum", "three-operands", [W(2, 3), W(3, 4), W(4, 2)], attrs={"equation": "ij,jk,kl->il"})
+case("Einsum", "implicit-output", [W(3, 4), W(4, 5)], attrs={"equation": "ij,jk"})
+case("Einsum", "mixed-case-labels", [W(2, 3), W(3, 4)], attrs={"equation": "aj,jB->Ba"})
+case("Einsum", "outer-product", [W(3), W(4)], attrs={"equation": "i,j->ij"})
+case("Einsum", "summed-by-one-operand", [W(3, 4), W(4, 5)], attrs={"equation": "ij,kl->ik"})
+case("Einsum", "transpose", [W(2, 3, 4)], attrs={"equation": "abc->cab"})
+case("Einsum", "sum-all", [W(2, 3)], attrs={"equation": "ij->"})
+case("Einsum", "one-operand-partial-sum", [W(2, 3, 4)], attrs={"equation": "ijk->ki"})
+case("Einsum", "ellipsis-attention", [W(2, 2, 3, 4), W(2, 2, 5, 4)], attrs={"equation": "...qd,...kd->...qk"})
+case("Einsum", "ellipsis-broadcast", [W(1, 3, 2, 4), W(2, 1, 4, 3)], attrs={"equation": "...ij,...jk->...ik"})
+case("Einsum", "ellipsis-implicit", [W(2, 3, 4), W(4, 5)], attrs={"equation": "...j,jk"})
+case("Einsum", "ellipsis-one-sided", [W(2, 3, 4), W(4, 5)], attrs={"equation": "...j,jk->...k"})
+case("Einsum", "label-broadcast", [W(1, 3, 4), W(2, 4, 1)], attrs={"equation": "bij,bjk->bik"})
+case("Einsum", "only-second", [C(rand(3, 4)), W(4, 5)], attrs={"equation": "ij,jk->ki"})
+case("Einsum", "dynamic", [W(2, 3, 4), W(4, 5)], attrs={"equation": "bij,jk->bik"}, dynamic=True)
+case("Einsum", "dynamic-ellipsis-broadcast", [W(1, 3, 4), W(2, 4, 2)], attrs={"equation": "...ij,...jk->...ik"},
+     dynamic=True)
 # (end of the normalisation/shape/indexing section)
 
 # Issue 12, pooling at every opset, function bodies and float16 ---------------------------------------
+# MaxPool with overlapping windows at every opset that has Indices (the one-hot ConvTranspose backward).
+_P3 = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}  # resnet's stem pool
+case("MaxPool", "opset8-overlap", [W(1, 2, 7, 7, sample=distinct)], attrs=_P3, opset=8)
+case("MaxPool", "opset9-overlap", [W(2, 2, 7, 6, sample=distinct)], attrs=_P3, opset=9)
+case("MaxPool", "opset9-1d-overlap", [W(2, 3, 9, sample=distinct)], attrs={"kernel_shape": [3], "strides": [2]}, opset=9)
+case("MaxPool", "opset9-3d-overlap", [W(1, 2, 5, 5, 5, sample=distinct)],
+     attrs={"kernel_shape": [3, 3, 3], "strides": [2, 2, 2], "pads": [1] * 6}, opset=9)
+case("MaxPool", "opset9-indices-output-overlap", [W(2, 2, 6, 6, sample=distinct)], attrs=_P3, n_out=2, opset=9)
+case("MaxPool", "opset10-ceil-overlap", [W(1, 2, 6, 6, sample=distinct)],
+     attrs={"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, opset=10)
+# ceil_mode whose last window would start in the end padding: onnxruntime drops it, ONNX shape inference does not.
+_DROP = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 2, 2], "ceil_mode": 1}
+case("MaxPool", "opset10-ceil-drop-overlap", [W(1, 2, 5, 5, sample=distinct)], attrs=_DROP, opset=10)
+case("MaxPool", "opset11-dilated-overlap", [W(1, 2, 8, 7, sample=distinct)],
+     attrs={"kernel_shape": [3, 2], "strides": [2, 1], "dilations": [2, 2], "pads": [1, 0, 2, 1]}, opset=11)
+case("MaxPool", "opset11-dynamic-overlap", [W(1, 2, 7, 7, sample=distinct)], attrs=_P3, opset=11, dynamic=True)
+case("MaxPool", "opset13-same-upper-overlap", [W(1, 2, 6, 7, sample=distinct)],
+     attrs={"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}, opset=13)
+case("MaxPool", "opset13-ceil-drop-overlap", [W(2, 1, 5, 5, sample=distinct)], attrs=_DROP, opset=13)
+case("MaxPool", "opset13-same-lower-dilated-overlap", [W(1, 2, 6, 5, sample=distinct)],
+     attrs={"kernel_shape": [2, 3], "strides": [2, 2], "dilations": [1, 2], "auto_pad": "SAME_LOWER"}, opset=13)
+case("MaxPool", "opset15-overlap", [W(2, 3, 8, 8, sample=distinct)], attrs=_P3, opset=15)
+case("MaxPool", "opset15-ceil-dynamic-overlap", [W(1, 2, 6, 6, sample=distinct)],
+     attrs={"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, opset=15, dynamic=True)
+case("MaxPool", "opset16-3d-overlap", [W(1, 2, 4, 6, 5, sample=distinct)],
+     attrs={"kernel_shape": [2, 3, 3], "strides": [1, 2, 2], "pads": [0, 1, 1, 1, 1, 0]}, opset=16)
+case("MaxPool", "opset16-indices-output-overlap", [W(1, 3, 6, 6, sample=distinct)], attrs=_P3, n_out=2, opset=16)
+case("MaxPool", "opset18-1d-dilated-dynamic", [W(2, 2, 11, sample=distinct)],
+     attrs={"kernel_shape": [3], "strides": [2], "dilations": [2], "pads": [2, 1]}, opset=18, dynamic=True)
+case("MaxPool", "opset18-ceil-drop-dynamic", [W(1, 2, 5, 5, sample=distinct)], attrs=_DROP, opset=18, dynamic=True)
+case("MaxPool", "opset18-storage-order", [W(1, 2, 5, 6, sample=distinct)], attrs={**_P3, "storage_order": 1}, opset=18)
 # (end of the pooling/function-body section)
 
 # Issue 12, recurrent cells and control flow (LSTM, GRU, RNN, Loop, Scan, If) -----------------------
+_RNN_R = np.random.default_rng(1206)  # this section's constants
+_GATE_COUNT = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _recurrent(op: str, steps: int = 3, batch: int = 2, size: int = 2, hidden: int = 3, dirs: int = 1, layout: int = 0,
+               bias: bool = True, states: str = "hc", weights: str = "const", peepholes: bool = False,
+               lens: bool = False) -> list[In]:
+    """Inputs of an LSTM/GRU/RNN case: X differentiated; W, R (B, P) constants, or differentiated with
+    weights="wrt"; the initial states in `states` ("h", "c") differentiated graph inputs, the others absent."""
+    g = _GATE_COUNT[op]
+
+    def weight(*shape):
+        return W(*shape) if weights == "wrt" else C(0.6 * _RNN_R.standard_normal(shape))
+
+    x = W(batch, steps, size) if layout else W(steps, batch, size)
+    state = (batch, dirs, hidden) if layout else (dirs, batch, hidden)
+    ins = [x, weight(dirs, g * hidden, size), weight(dirs, g * hidden, hidden),
+           weight(dirs, 2 * g * hidden) if bias else ABSENT,
+           C(np.full(batch, steps, np.int32)) if lens else ABSENT,
+           W(*state) if "h" in states else ABSENT]
+    if op == "LSTM":
+        ins += [W(*state) if "c" in states else ABSENT, weight(dirs, 3 * hidden) if peepholes else ABSENT]
+    while ins[-1] is ABSENT:
+        ins.pop()
+    return ins
+
+
+_BI = {"direction": "bidirectional"}
+_LSTM_OUT = {"n_out": 3}
+_BOTH_STATES = [("Mul", ["y1", "y2"], {})]  # Y_h * Y_c: both final states explained at once
+for op in ("RNN", "GRU", "LSTM"):
+    n_out = {"n_out": 3} if op == "LSTM" else {"n_out": 2}
+    case(op, "forward-Y", _recurrent(op, states=""), attrs={"hidden_size": 3}, **n_out)
+    case(op, "forward-Y-single-output", _recurrent(op), attrs={"hidden_size": 3})
+    case(op, "reverse-Yh", _recurrent(op), attrs={"hidden_size": 3, "direction": "reverse"}, explain=1, **n_out)
+    case(op, "bidirectional-Y", _recurrent(op, dirs=2), attrs={"hidden_size": 3, **_BI}, **n_out)
+    case(op, "bidirectional-Yh", _recurrent(op, dirs=2, bias=False), attrs={"hidden_size": 3, **_BI}, explain=1, **n_out)
+    case(op, "layout1-bidirectional-Y", _recurrent(op, dirs=2, layout=1), attrs={"hidden_size": 3, "layout": 1, **_BI},
+         opset=14, **n_out)
+    case(op, "layout1-Yh", _recurrent(op, layout=1, states=""), attrs={"hidden_size": 3, "layout": 1}, explain=1,
+         opset=14, **n_out)
+    case(op, "weights-as-inputs", _recurrent(op, weights="wrt"), attrs={"hidden_size": 3}, **n_out)
+    case(op, "sequence-lens-full", _recurrent(op, lens=True), attrs={"hidden_size": 3}, **n_out)
+    case(op, "clip", _recurrent(op, dirs=2), attrs={"hidden_size": 3, "clip": 0.8, **_BI}, **n_out)
+    case(op, "one-step-opset7", _recurrent(op, steps=1), attrs={"hidden_size": 3}, opset=7, **n_out)
+    case(op, "no-hidden-size-attr", _recurrent(op, steps=2, hidden=4), explain=1, **n_out)
+case("RNN", "relu-and-tanh", _recurrent("RNN", dirs=2, states=""),
+     attrs={"hidden_size": 3, "activations": ["Relu", "Tanh"], **_BI}, n_out=2)
+case("RNN", "affine-leaky-alphas", _recurrent("RNN", dirs=2),
+     attrs={"hidden_size": 3, "activations": ["LeakyRelu", "Affine"], "activation_alpha": [0.2, 0.7],
+            "activation_beta": [0.3], **_BI}, n_out=2)
+case("RNN", "thresholded-relu", _recurrent("RNN"), attrs={"hidden_size": 3, "activations": ["ThresholdedRelu"],
+                                                            "activation_alpha": [0.1]}, n_out=2)
+case("GRU", "linear-before-reset", _recurrent("GRU"), attrs={"hidden_size": 3, "linear_before_reset": 1}, n_out=2)
+case("GRU", "linear-before-reset-no-bias-reverse", _recurrent("GRU", bias=False),
+     attrs={"hidden_size": 3, "linear_before_reset": 1, "direction": "reverse"}, explain=1, n_out=2)
+case("GRU", "linear-before-reset-layout1-bidirectional", _recurrent("GRU", dirs=2, layout=1, weights="wrt"),
+     attrs={"hidden_size": 3, "linear_before_reset": 1, "layout": 1, **_BI}, opset=14, n_out=2)
+case("GRU", "activations-softsign-softplus", _recurrent("GRU"),
+     attrs={"hidden_size": 3, "activations": ["Softsign", "Softplus"]}, n_out=2)
+case("GRU", "activations-hardsigmoid-elu-bidirectional", _recurrent("GRU", dirs=2),
+     attrs={"hidden_size": 3, "activations": ["HardSigmoid", "Elu", "Sigmoid", "ScaledTanh"],
+            "activation_alpha": [0.3, 0.8, 0.9], "activation_beta": [0.45, 1.1], **_BI}, n_out=2)
+case("LSTM", "final-states-h-and-c", _recurrent("LSTM"), attrs={"hidden_size": 3}, n_out=3, tail=_BOTH_STATES)
+case("LSTM", "Yc-reverse", _recurrent("LSTM", states="c"), attrs={"hidden_size": 3, "direction": "reverse"},
+     n_out=3, explain=2)
+case("LSTM", "layout1-bidirectional-states", _recurrent("LSTM", dirs=2, layout=1), attrs={"hidden_size": 3, "layout": 1, **_BI},
+     opset=14, n_out=3, tail=_BOTH_STATES)
+case("LSTM", "peepholes", _recurrent("LSTM", peepholes=True), attrs={"hidden_size": 3}, n_out=3, tail=_BOTH_STATES)
+case("LSTM", "peepholes-bidirectional-no-states", _recurrent("LSTM", dirs=2, peepholes=True, states=""),
+     attrs={"hidden_size": 3, **_BI}, n_out=3)
+case("LSTM", "peepholes-as-inputs", _recurrent("LSTM", peepholes=True, weights="wrt"), attrs={"hidden_size": 3},
+     n_out=3, explain=2)
+case("LSTM", "input-forget", _recurrent("LSTM", peepholes=True), attrs={"hidden_size": 3, "input_forget": 1},
+     n_out=3, tail=_BOTH_STATES)
+case("LSTM", "clip-input-forget-layout1", _recurrent("LSTM", layout=1),
+     attrs={"hidden_size": 3, "clip": 0.6, "input_forget": 1, "layout": 1}, opset=14, n_out=3, explain=2)
+case("LSTM", "activations-alphas", _recurrent("LSTM"),
+     attrs={"hidden_size": 3, "activations": ["HardSigmoid", "LeakyRelu", "Affine"], "activation_alpha": [0.3, 0.2, 0.8],
+            "activation_beta": [0.4, 0.1]}, n_out=3, tail=_BOTH_STATES)
+case("LSTM", "activations-bidirectional", _recurrent("LSTM", dirs=2),
+     attrs={"hidden_size": 3, "activations": ["Sigmoid", "Tanh", "Tanh", "HardSigmoid", "ScaledTanh", "Elu"],
+            "activation_alpha": [0.3, 0.6, 0.9], "activation_beta": [0.4, 1.2], **_BI}, n_out=3)
+case("LSTM", "activations-softsign-softplus-relu", _recurrent("LSTM"),
+     attrs={"hidden_size": 3, "activations": ["Sigmoid", "Softsign", "Softplus"]}, n_out=3, explain=1)
 # (end of the recurrent/control-flow section)

@@ -33,6 +33,7 @@ from onnx.reference.ops.op_scatter_elements import scatter_elements
 from onnxsal.autodiff import DEFAULT_RULES, SeedSpec, differentiate, rule_set
 from onnxsal.errors import UnsupportedModelError
 from onnxsal.prepare import LOWERINGS, lower
+from recurrent_reference import RECURRENT_OPS
 from rule_cases import CASES, C, Case, In, W
 
 # -- onnx.reference, made faithful where it is not --------------------------------------------------
@@ -47,6 +48,31 @@ class Erf(OpRunUnaryNum):
 
     def _run(self, x):
         return (np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype),)
+
+
+class Gelu(OpRun):
+    """The reference runs Gelu's function body, whose Erf is the float32 one above: the spec's formula
+    in the input's dtype instead (approximate "none": x Phi(x); "tanh": its tanh approximation)."""
+
+    op_domain = ""
+
+    def _run(self, x, approximate=None):
+        approximate = approximate.decode() if isinstance(approximate, bytes) else (approximate or "none")
+        if approximate == "tanh":
+            y = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+        else:
+            y = 0.5 * x * (1.0 + np.vectorize(math.erf, otypes=[np.float64])(x / math.sqrt(2.0)))
+        return (np.asarray(y).astype(x.dtype),)
+
+
+class Mean(OpRun):
+    """The reference adds in place into a copy of the first input, so it breaks when that input is
+    the one broadcast (a smaller shape): the broadcasting mean."""
+
+    op_domain = ""
+
+    def _run(self, *args):
+        return ((sum(args[1:], args[0]) / len(args)).astype(args[0].dtype),)
 
 
 class GlobalMaxPool(OpRun):
@@ -228,7 +254,91 @@ class Scatter(OpRun):
         return (scatter_elements(data, indices, updates, axis=axis or 0),)
 
 
-FAITHFUL_OPS = [Erf, GlobalMaxPool, MaxPool, BatchNormalization, Softmax, LogSoftmax, Pad, ConvTranspose, Upsample, Resize, Scatter]
+FAITHFUL_OPS = [Erf, GlobalMaxPool, MaxPool, BatchNormalization, Softmax, LogSoftmax, Pad, ConvTranspose, Upsample, Resize, Scatter, Gelu, Mean]
+
+
+class LRN(OpRun):
+    """The reference loops its window over the batch axis where the spec runs it over the channels."""
+
+    op_domain = ""
+
+    def _run(self, x, alpha=None, beta=None, bias=None, size=None):
+        alpha = 1e-4 if alpha is None else alpha
+        beta = 0.75 if beta is None else beta
+        bias = 1.0 if bias is None else bias
+        before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+        channels = x.shape[1]
+        square_sum = np.zeros_like(x)
+        for c in range(channels):
+            square_sum[:, c] = np.sum(x[:, max(0, c - before):min(channels, c + after + 1)] ** 2, axis=1)
+        return ((x / (bias + alpha / size * square_sum) ** beta).astype(x.dtype),)
+
+
+class LpNormalization(OpRun):
+    """The reference sums x ** p, not |x| ** p: wrong for p = 1 wherever x < 0."""
+
+    op_domain = ""
+
+    def _run(self, x, axis=None, p=None):
+        axis = -1 if axis is None else axis
+        p = 2 if p is None else p
+        norm = np.sum(np.abs(x) ** p, axis=axis, keepdims=True) ** (1.0 / p)
+        return (np.where(norm == 0, 0, x / np.where(norm == 0, 1, norm)).astype(x.dtype),)
+
+
+FAITHFUL_OPS += [LRN, LpNormalization]
+
+
+class MeanVarianceNormalization(OpRun):
+    """The reference runs the function body, whose float32 epsilon cannot be added to float64 data."""
+
+    op_domain = ""
+
+    def _run(self, x, axes=None):
+        axes = tuple(a % x.ndim for a in (axes if axes is not None else [0, 2, 3]))
+        centred = x - x.mean(axis=axes, keepdims=True)
+        std = np.sqrt(np.mean(centred ** 2, axis=axes, keepdims=True))
+        return ((centred / (std + 1e-9)).astype(x.dtype),)
+
+
+class GroupNormalization(OpRun):
+    """The reference follows stash_type (float32 statistics), which spoils float64 central
+    differences: the same formula in the input's dtype. Scale and bias are per group in opset 18
+    and per channel from opset 21."""
+
+    op_domain = ""
+
+    def _run(self, x, scale, bias, epsilon=None, num_groups=None, stash_type=None):
+        eps = 1e-5 if epsilon is None else epsilon
+        grouped = x.reshape(x.shape[0], num_groups, -1)
+        centred = grouped - grouped.mean(axis=2, keepdims=True)
+        xhat = centred / np.sqrt(np.mean(centred ** 2, axis=2, keepdims=True) + eps)
+        if _opset(self) < 21:
+            y = xhat * scale.reshape(1, -1, 1) + bias.reshape(1, -1, 1)
+            return (y.reshape(x.shape).astype(x.dtype),)
+        per_channel = (1, -1) + (1,) * (x.ndim - 2)
+        y = xhat.reshape(x.shape) * scale.reshape(per_channel) + bias.reshape(per_channel)
+        return (y.astype(x.dtype),)
+
+
+FAITHFUL_OPS += [MeanVarianceNormalization, GroupNormalization]
+FAITHFUL_OPS += RECURRENT_OPS  # LSTM/GRU/RNN with every attribute (tests/recurrent_reference.py)
+
+
+class GatherElements(OpRun):
+    """The reference slices the shapes wrongly for a negative axis (and np.choose takes at most 32
+    choices): out[i] = data[i with i[axis] replaced by indices[i]], negative indices from the end."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, axis=None):
+        axis = (axis or 0) % data.ndim
+        where = list(np.indices(indices.shape, sparse=True))
+        where[axis] = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (data[tuple(where)],)
+
+
+FAITHFUL_OPS += [GatherElements]
 
 
 def reference(model: onnx.ModelProto) -> ReferenceEvaluator:
@@ -407,11 +517,10 @@ def _output_pinned(case: Case) -> bool:
 
 
 # -- limitations are said clearly -----------------------------------------------------------------
-def test_overlapping_maxpool_below_opset16_is_a_clear_error():
-    case = Case("MaxPool", "opset11-overlap", [W(1, 1, 5, 5)],
-                attrs={"kernel_shape": [3, 3], "strides": [1, 1]}, opset=11)
+def test_maxpool_without_indices_is_a_clear_error():
+    case = Case("MaxPool", "opset7", [W(1, 1, 5, 5)], attrs={"kernel_shape": [3, 3], "strides": [1, 1]}, opset=7)
     model = build(case, np.float32, (np.dtype(np.float32), (1, 1, 3, 3)))
-    with pytest.raises(UnsupportedModelError, match="opset >= 16"):
+    with pytest.raises(UnsupportedModelError, match="opset 8 or newer"):
         gradient_graph(model, ["x0"], "y0")
 
 
@@ -572,6 +681,32 @@ def test_global_max_pool_and_reduce_max_ties_go_to_first(runtime):
     np.testing.assert_array_equal(_grad(model, out, x, [2.0, 5.0], runtime=runtime), [[0, 2, 0], [5, 0, 0]])
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_min_ties_split_the_gradient_evenly(op, runtime):
+    # torch.maximum/minimum's convention: tied inputs share the gradient (halves for two, thirds for three).
+    x = np.float32([1.0, 2.0, 3.0, 5.0])
+    c1 = np.float32({"Max": [1.0, 3.0, 2.0, 5.0], "Min": [1.0, 1.0, 4.0, 5.0]}[op])
+    c2 = np.float32({"Max": [0.0, 2.5, 2.5, 5.0], "Min": [4.0, 4.0, 4.0, 5.0]}[op])
+    # per position: x ties with c1 at the extremum, x loses to c1, x attains it alone, a three-way tie
+    model, out = _tiny(op, [4], [c1, c2])
+    np.testing.assert_array_equal(_grad(model, out, x, np.full(4, 6.0), runtime=runtime), np.float32([3, 0, 6, 2]))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_reduce_l2_is_zero_not_nan_where_the_norm_is_zero(runtime):
+    model, out = _tiny("ReduceL2", [2, 3], attrs={"axes": [1], "keepdims": 0})
+    x = np.array([[0, 0, 0], [3, 4, 0]], np.float32)
+    np.testing.assert_allclose(_grad(model, out, x, [2.0, 5.0], runtime=runtime), [[0, 0, 0], [3, 4, 0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_reduce_prod_with_zeros_gives_the_product_of_the_others(runtime):
+    model, out = _tiny("ReduceProd", [3, 3], attrs={"axes": [1], "keepdims": 0})
+    x = np.array([[0, 2, 3], [0, 0, 5], [2, 3, 4]], np.float32)
+    np.testing.assert_array_equal(_grad(model, out, x, [1.0, 1.0, 2.0], runtime=runtime), [[6, 0, 0], [0, 0, 0], [24, 16, 12]])
+
+
 SOFTMAX_X = np.array([[0.5, -1.0, 2.0], [1.0, 0.0, -2.0]], np.float32)
 SOFTMAX_G = np.array([[1.0, 0.0, 0.0], [0.0, -2.0, 1.0]], np.float32)
 
@@ -605,3 +740,43 @@ def test_softmax_not_at_the_output_keeps_its_rule():
     identity = _grad(model, out, SOFTMAX_X, SOFTMAX_G, softmax="identity")
     keep = _grad(model, out, SOFTMAX_X, SOFTMAX_G, softmax="keep")
     np.testing.assert_array_equal(identity, keep)
+
+
+# -- normalisation, shape and indexing ops: refusals and degenerate inputs ----------------------------
+def test_einsum_with_a_repeated_index_is_refused_clearly():
+    case = Case("Einsum", "trace", [W(3, 3)], attrs={"equation": "ii->"}, opset=12)
+    model = build(case, np.float32, (np.dtype(np.float32), ()))
+    with pytest.raises(UnsupportedModelError, match=r"Einsum node 'einsum'.*repeats an index \('ii'"):
+        gradient_graph(model, ["x0"], "y0")
+
+
+def test_einsum_with_run_time_shared_sizes_at_opset12_asks_for_shapes():
+    # A shared axis may broadcast (size 1 against n); summing it back at run time needs ReduceSum's
+    # axes input (opset 13), so opset 12 asks for the concrete shapes, which specialising supplies.
+    case = Case("Einsum", "dynamic-opset12", [W(2, 3, 4), W(4, 5)], attrs={"equation": "bij,jk->bik"}, opset=12, dynamic=True)
+    model = build(case, np.float32, (np.dtype(np.float32), (2, 3, 5)))
+    from onnxsal.errors import NeedsShapesError
+
+    with pytest.raises(NeedsShapesError, match="Einsum node 'einsum'.*shares with other operands"):
+        gradient_graph(model, ["x0"], "y0")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("p", [1, 2])
+def test_lp_normalization_is_zero_not_nan_where_the_norm_is_zero(p, runtime):
+    model, out = _tiny("LpNormalization", [2, 3], attrs={"p": p, "axis": 1})
+    x = np.array([[0, 0, 0], [3, -4, 1]], np.float32)
+    g = np.array([[1, 2, 3], [2, 5, -1]], np.float32)
+    got = _grad(model, out, x, g, runtime=runtime)
+    np.testing.assert_array_equal(got[0], [0, 0, 0])
+    x1, g1 = x[1].astype(np.float64), g[1].astype(np.float64)
+    norm = np.sum(np.abs(x1) ** p) ** (1 / p)
+    d = np.sign(x1) if p == 1 else x1 / norm
+    np.testing.assert_allclose(got[1], (g1 - d * np.dot(g1, x1 / norm)) / norm, rtol=1e-5)
+
+
+def test_scatter_updates_below_opset11_are_refused_clearly():
+    case = Case("Scatter", "opset9-updates", [C(np.zeros((3, 3))), C(np.array([[2, 0, 1]], dtype=np.int64)), W(1, 3)], opset=9)
+    model = build(case, np.float32, (np.dtype(np.float32), (3, 3)))
+    with pytest.raises(UnsupportedModelError, match="GatherElements \\(opset 11\\)"):
+        gradient_graph(model, ["x2"], "y0")

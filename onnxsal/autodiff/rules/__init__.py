@@ -3,4 +3,4 @@
 Importing this package registers them all in `registry.DEFAULT_RULES`.
 """
 
-from . import activations, conv, elementwise, linalg, norm, pooling, reduce, resize, shape  # noqa: F401
+from . import activations, conv, elementwise, indexing, linalg, norm, pooling, reduce, resize, shape  # noqa: F401

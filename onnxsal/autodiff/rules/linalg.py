@@ -1,6 +1,10 @@
-"""Matrix products: Gemm and MatMul (batched, broadcast, 1-D operands)."""
+"""Matrix products: Gemm, MatMul (batched, broadcast, 1-D operands) and Einsum."""
 
 from __future__ import annotations
+
+import string
+from collections import Counter
+from dataclasses import dataclass
 
 from ..registry import RuleContext, rule
 
@@ -98,3 +102,89 @@ def _restore(ctx: RuleContext, grad: str, x: str, rx: int, r_other: int, which: 
     if axes:
         grad = e.reduce("ReduceSum", grad, axes, keepdims=1)
     return e.squeeze(grad, list(range(lead))) if lead else grad
+
+
+@dataclass(frozen=True)
+class EinsumSpec:
+    """An Einsum equation with every '...' written out as letters of its own (aligned from the
+    right, as broadcasting aligns), and the output made explicit."""
+
+    terms: list[str]
+    output: str
+
+
+def parse_einsum(equation: str, ranks: list[int]) -> EinsumSpec:
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    terms = lhs.split(",")
+    used = {c for c in eq if c.isalpha()}
+    fresh = iter(c for c in string.ascii_letters if c not in used)
+    widths = [rank - (len(t) - 3) for t, rank in zip(terms, ranks) if "..." in t]
+    ellipsis = "".join(next(fresh) for _ in range(max(widths, default=0)))
+    expanded = []
+    for t, rank in zip(terms, ranks):
+        if "..." in t:
+            width = rank - (len(t) - 3)
+            t = t.replace("...", ellipsis[len(ellipsis) - width:] if width else "")
+        expanded.append(t)
+    if arrow:
+        output = out.replace("...", ellipsis)
+    else:  # implicit: the ellipsis axes, then the labels used once, in alphabetical (ASCII) order
+        counts = Counter(c for t in terms for c in t if c.isalpha())
+        output = ellipsis + "".join(sorted(c for c, n in counts.items() if n == 1))
+    return EinsumSpec(expanded, output)
+
+
+@rule("Einsum")
+def einsum(ctx: RuleContext, g):
+    """Each operand's gradient is an Einsum of g with the other operands, onto that operand's labels.
+    Labels the operand alone sums over are broadcast back (Unsqueeze + Expand); axes where it
+    broadcast (size 1 against a larger size) are summed back down. A label repeated within one
+    operand (a diagonal or trace) is refused."""
+    operands = list(ctx.node.input)
+    equation = ctx.attr("equation")
+    equation = equation.decode() if isinstance(equation, bytes) else equation
+    spec = parse_einsum(equation, [ctx.rank(x) for x in operands])
+    for t, x in zip(spec.terms, operands):
+        if len(set(t)) != len(t):
+            ctx.unsupported(f"operand '{x}' repeats an index ('{t}': a diagonal or trace), whose gradient onnxsal does not "
+                            "build; write the diagonal with explicit ops (e.g. Mul by an EyeLike mask, then ReduceSum)")
+    return [_einsum_operand_grad(ctx, g, spec, k) if ctx.wants[k] else None for k in range(len(operands))]
+
+
+def _einsum_operand_grad(ctx: RuleContext, g: str, spec: EinsumSpec, k: int) -> str:
+    e = ctx.emitter
+    operands = list(ctx.node.input)
+    target = spec.terms[k]
+    others = [j for j in range(len(operands)) if j != k]
+    available = set(spec.output).union(*(spec.terms[j] for j in others))
+    present = "".join(c for c in target if c in available)
+    if others:
+        equation = ",".join([spec.output] + [spec.terms[j] for j in others]) + "->" + present
+        grad = ctx.op("Einsum", [g] + [operands[j] for j in others], equation=equation)
+    else:  # one operand: the output is a permutation of the labels it keeps
+        grad = e.transpose(g, [spec.output.index(c) for c in present])
+    missing = [i for i, c in enumerate(target) if c not in available]
+    if missing:
+        grad = ctx.op("Expand", [e.unsqueeze(grad, missing), ctx.op("Shape", [operands[k]])])
+    return _sum_broadcast_axes(ctx, grad, operands[k], target, spec)
+
+
+def _sum_broadcast_axes(ctx: RuleContext, grad: str, x: str, target: str, spec: EinsumSpec) -> str:
+    """Sum grad down to x's shape along the axes x broadcast (size 1 against a larger size in
+    another operand: Einsum broadcasts labelled and ellipsis axes alike)."""
+    e = ctx.emitter
+    shared = {c for c in target if sum(c in t for t in spec.terms) > 1}
+    if not shared:
+        return grad
+    shape = ctx.shape(x)
+    if all(isinstance(shape[i], int) for i, c in enumerate(target) if c in shared):
+        axes = [i for i, c in enumerate(target) if c in shared and shape[i] == 1]
+        return e.reduce("ReduceSum", grad, axes, keepdims=1) if axes else grad
+    if ctx.opset < 13:
+        ctx.needs_shapes(f"the axes of '{x}' that it shares with other operands have run-time sizes (one may broadcast)")
+    one = e.ints([1], name="one")
+    broadcast = ctx.op("And", [ctx.op("Equal", [ctx.op("Shape", [x]), one]),
+                               ctx.op("Not", [ctx.op("Equal", [ctx.op("Shape", [grad]), one])])])
+    axes_rt = ctx.op("Reshape", [ctx.op("NonZero", [broadcast]), e.ints([-1], name="flat")])
+    return e.reduce("ReduceSum", grad, axes_rt, keepdims=1)

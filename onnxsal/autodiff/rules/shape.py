@@ -1,4 +1,5 @@
-"""Ops that move or select values: reshapes, Transpose, Concat, Split, Slice, Pad, Gather, Expand."""
+"""Ops that move values: reshapes, Transpose, Concat, Split, Slice, Pad, Expand,
+Tile, DepthToSpace/SpaceToDepth, and the masks and running sums CumSum and Trilu."""
 
 from __future__ import annotations
 
@@ -123,20 +124,78 @@ def pad(ctx: RuleContext, g):
     return [out] + [None] * (len(ctx.node.input) - 1)
 
 
-@rule("Gather")
-def gather(ctx: RuleContext, g):
-    """Data side only: every gathered element sends its gradient back to where it came from."""
-    x, indices = ctx.input(0), ctx.input(1)
-    chosen = ctx.op("Gather", [index_map(ctx, x), indices], axis=ctx.attr("axis", 0))
-    idx = ctx.const(1)
-    repeats = True
-    if idx is not None:
-        shape = ctx.shape(x)
-        dim = shape[ctx.attr("axis", 0) % len(shape)] if shape is not None else None
-        flat = np.ravel(idx)
-        if isinstance(dim, int):
-            flat = np.where(flat < 0, flat + dim, flat)
-            repeats = len(np.unique(flat)) != len(flat)
-        elif np.all(flat >= 0):
-            repeats = len(np.unique(flat)) != len(flat)
-    return [scatter_flat(ctx, x, chosen, g, repeats=repeats), None]
+def _assemble_shape(ctx: RuleContext, source: str, pieces: list) -> str:
+    """An int64 shape tensor from `pieces`: ints taken as they are, ("dim", k) for dimension k of
+    `source`. A constant when those dimensions are static, else Concat of Shape slices."""
+    e = ctx.emitter
+    static = ctx.view.static_shape(source)
+    if static is not None:
+        return e.ints([static[p[1]] if isinstance(p, tuple) else p for p in pieces], name="shape")
+    shape = ctx.op("Shape", [source])
+    parts = [e.slice(shape, [p[1]], [p[1] + 1], [0]) if isinstance(p, tuple) else e.ints([p], name="dim") for p in pieces]
+    return ctx.op("Concat", parts, axis=0)
+
+
+@rule("Tile")
+def tile(ctx: RuleContext, g):
+    """y repeats x r_i times along axis i: view g as (r_0, d_0, r_1, d_1, ...) and sum the r_i axes."""
+    if ctx.opset < 6:
+        ctx.unsupported("Tile before opset 6 (tiles and axis inputs) is not differentiated; "
+                        "convert the model to opset 6 or later")
+    x, repeats = ctx.x, ctx.input(1)
+    rank = ctx.rank(x)
+    e = ctx.emitter
+    reps, static = ctx.const(1), ctx.view.static_shape(x)
+    if reps is not None and static is not None:
+        blocks = e.ints([v for r, d in zip(np.ravel(reps), static) for v in (int(r), d)], name="blocks")
+    else:  # interleave repeats and Shape(x) at run time: stack them as (rank, 2) rows, then flatten
+        pairs = [e.unsqueeze(repeats, [1]), e.unsqueeze(ctx.op("Shape", [x]), [1])]
+        blocks = ctx.op("Reshape", [ctx.op("Concat", pairs, axis=1), e.ints([-1], name="flat")])
+    summed = e.reduce("ReduceSum", ctx.op("Reshape", [g, blocks]), list(range(0, 2 * rank, 2)), keepdims=0)
+    return [summed, None]
+
+
+def _mode(ctx: RuleContext) -> str:
+    mode = ctx.attr("mode", "DCR")
+    return mode.decode() if isinstance(mode, bytes) else mode
+
+
+@rule("DepthToSpace")
+def depth_to_space(ctx: RuleContext, g):
+    """A permutation of x's elements: both modes view y as (N, C/b^2, H, b, W, b) after their
+    transpose, so g is viewed so, transposed back, and reshaped to x."""
+    b = int(ctx.attr("blocksize"))
+    x = ctx.x
+    if _mode(ctx) == "CRD":  # x viewed as (N, C/b^2, b, b, H, W)
+        perm = [0, 1, 4, 2, 5, 3]
+    else:  # DCR: x viewed as (N, b, b, C/b^2, H, W)
+        perm = [0, 3, 4, 1, 5, 2]
+    blocks = _assemble_shape(ctx, x, [("dim", 0), -1, ("dim", 2), b, ("dim", 3), b])
+    g6 = ctx.op("Reshape", [g, blocks])
+    return [ctx.emitter.reshape_like(ctx.emitter.transpose(g6, list(np.argsort(perm))), x)]
+
+
+@rule("SpaceToDepth")
+def space_to_depth(ctx: RuleContext, g):
+    """The inverse permutation of DCR DepthToSpace: x viewed as (N, C, H/b, b, W/b, b) is
+    transposed to (N, b, b, C, H/b, W/b); g is viewed so, transposed back, and reshaped to x."""
+    b = int(ctx.attr("blocksize"))
+    perm = [0, 3, 5, 1, 2, 4]
+    blocks = _assemble_shape(ctx, ctx.y, [("dim", 0), b, b, -1, ("dim", 2), ("dim", 3)])
+    g6 = ctx.op("Reshape", [g, blocks])
+    return [ctx.emitter.reshape_like(ctx.emitter.transpose(g6, list(np.argsort(perm))), ctx.x)]
+
+
+@rule("CumSum")
+def cumsum(ctx: RuleContext, g):
+    """x_j reaches every y_i with i >= j (i > j when exclusive): the gradient is the cumulative
+    sum of g in the other direction, with the same exclusivity."""
+    reverse = 0 if ctx.attr("reverse", 0) else 1
+    return [ctx.op("CumSum", [g, ctx.input(1)], exclusive=ctx.attr("exclusive", 0), reverse=reverse), None]
+
+
+@rule("Trilu")
+def trilu(ctx: RuleContext, g):
+    """A mask: the same triangle of g."""
+    k = list(ctx.node.input[1:2])
+    return [ctx.op("Trilu", [g] + k, upper=ctx.attr("upper", 1))] + [None] * len(k)
