@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from ..errors import UnsupportedModelError
+from ..errors import NeedsShapesError, UnsupportedModelError
 from .emitter import Emitter
 from .graph import GraphView, Shape, node_inputs
 from .registry import RuleContext, RuleSet
@@ -169,7 +169,8 @@ class _Driver:
 
     def _unbroadcast_dynamic(self, g: str, x: str, g_rank: int | None, xs: Shape | None) -> str:
         if g_rank is None or xs is None:
-            raise UnsupportedModelError(f"cannot un-broadcast the gradient of {x!r}: its rank is unknown.")
+            raise NeedsShapesError(f"cannot un-broadcast the gradient of {x!r}: its rank is unknown; "
+                                   f"fix the input shape (input_shapes= / --input-shape).")
         lead = g_rank - len(xs)
         if lead:
             g = self.e.squeeze(self.e.reduce("ReduceSum", g, list(range(lead)), keepdims=1), list(range(lead)))
