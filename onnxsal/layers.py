@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .autodiff.graph import GraphView
-from .errors import InvalidInputError
+from .errors import InvalidInputError, NeedsShapesError
 
 # Ops whose output keeps the layout of their (first non-constant) input.
 LAYOUT_KEEPING = {
@@ -100,10 +100,19 @@ def feature_maps(view: GraphView, path_nodes: list[str]) -> list[FeatureMap]:
     return out
 
 
+def _unsized_maps(view: GraphView) -> bool:
+    """Whether some float value of rank 4 has spatial sizes that shape inference leaves unknown."""
+    return any(shape is not None and len(shape) == 4 and view.is_float(name) and not all(isinstance(d, int) for d in shape[1:])
+               for name, shape in view.shapes.items())
+
+
 def resolve_layer(view: GraphView, maps: list[FeatureMap], layer: str | None) -> FeatureMap:
     """The Grad-CAM layer: the last feature map by default, else a value name, a node name, or a
     unique-suffix/substring match of node names (Keras layer names survive in tf2onnx node names)."""
     if not maps:
+        if _unsized_maps(view):  # specialised on the input's size, they may turn out to have extent
+            raise NeedsShapesError("Grad-CAM needs the spatial sizes of the feature maps, which the file leaves dynamic; "
+                                   "fix the input shape (input_shapes= / --input-shape).")
         raise InvalidInputError("the model has no feature map with spatial extent on the path to the output, so Grad-CAM has no layer.")
     if layer is None:  # a pure re-layout (tf2onnx's Transpose back to NHWC) names the map it copies
         named = [m for m in maps if m.op_type not in RELAYOUT]

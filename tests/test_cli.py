@@ -85,9 +85,9 @@ def tiny_cnn(seed: int = 0) -> onnx.ModelProto:
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     onnx.save(tiny_cnn(), str(d / "tiny.onnx"))
-    sin = [helper.make_node("Sin", ["x"], ["s"], name="wave"), helper.make_node("GlobalAveragePool", ["s"], ["g"]),
-           helper.make_node("Flatten", ["g"], ["y"])]
-    onnx.save(make_model(sin, [("x", F, ["N", 3, 16, 16])], [("y", F, ["N", 3])]), str(d / "sin.onnx"))
+    # Det (of each 16x16 channel) has no gradient rule, no lowering and no function body
+    det = [helper.make_node("Det", ["x"], ["y"], name="wave")]
+    onnx.save(make_model(det, [("x", F, ["N", 3, 16, 16])], [("y", F, ["N", 3])]), str(d / "det.onnx"))
     (d / "notes.onnx").write_text("this is not a model\n")
     images = d / "images"
     images.mkdir()
@@ -106,8 +106,8 @@ def test_the_real_entry_points_run(files, tmp_path):
     """`python -m onnxsal.cli` and the installed `onnxsal` script: a success, and a failure's one stderr line."""
     proc = cli("methods", process=True)
     assert proc.returncode == 0 and "guided_backprop" in proc.stdout, proc.stderr
-    proc = cli("explain", files / "sin.onnx", files / "images" / "cat.png", "-o", tmp_path / "out", process=True)
-    one_line_error(proc, "Sin")
+    proc = cli("explain", files / "det.onnx", files / "images" / "cat.png", "-o", tmp_path / "out", process=True)
+    one_line_error(proc, "Det")
     script = Path(sys.executable).with_name("onnxsal")
     if script.exists():
         proc = subprocess.run([str(script), "inspect", str(tmp_path / "missing.onnx")], capture_output=True, text=True)
@@ -140,10 +140,10 @@ def test_inspect_text_and_json(files):
 
 
 def test_inspect_reports_an_unsupported_op_without_failing(files):
-    proc = cli("inspect", files / "sin.onnx", "--json")
+    proc = cli("inspect", files / "det.onnx", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert not report["differentiable"] and report["missing_rules"] == {"Sin": ["wave"]}
+    assert not report["differentiable"] and report["missing_rules"] == {"Det": ["wave"]}
 
 
 @pytest.mark.parametrize("command", ["inspect", "explain", "compile"])
@@ -202,7 +202,7 @@ def test_explain_options_and_methods(files, tmp_path):
 
 def test_explain_model_errors_are_one_line(files, tmp_path):
     out = tmp_path / "out"
-    one_line_error(cli("explain", files / "sin.onnx", files / "images" / "cat.png", "-o", out), "Sin", "'wave'")
+    one_line_error(cli("explain", files / "det.onnx", files / "images" / "cat.png", "-o", out), "Det", "'wave'")
     one_line_error(cli("explain", files / "tiny.onnx", tmp_path / "nowhere.png", "-o", out), "nowhere.png", "does not exist")
     one_line_error(cli("explain", files / "tiny.onnx", files / "images" / "cat.png", "-o", out, "-m", "nosuch"), "nosuch")
     one_line_error(cli("explain", files / "tiny.onnx", files / "images" / "cat.png", "-o", out, "-t", "7"), "7")
@@ -259,7 +259,7 @@ def test_explain_with_a_modifier(files, tmp_path):
 
 def test_compile_errors_are_one_line_and_write_nothing(files, tmp_path):
     out = tmp_path / "explain.onnx"
-    one_line_error(cli("compile", files / "sin.onnx", "-o", out), "Sin")
+    one_line_error(cli("compile", files / "det.onnx", "-o", out), "Det")
     one_line_error(cli("compile", files / "tiny.onnx", "--method", "integrated_gradientsx", "-o", out))
     assert not out.exists()
 

@@ -19,12 +19,12 @@ def one_line(exc: Exception) -> str:
 
 
 def test_unsupported_op_on_path_names_op_and_node():
-    nodes = [helper.make_node("Sin", ["x"], ["s"], name="wave"), helper.make_node("Relu", ["s"], ["y"], name="r")]
-    model = make_model(nodes, [("x", F, ["N", 3])], [("y", F, ["N", 3])])
+    nodes = [helper.make_node("Det", ["x"], ["s"], name="wave"), helper.make_node("Relu", ["s"], ["y"], name="r")]
+    model = make_model(nodes, [("x", F, ["N", 3, 2, 2])], [("y", F, ["N", 3])])
     with pytest.raises(UnsupportedModelError) as info:
-        onnxsal.Explainer(model, providers="cpu").attribute(np.ones((1, 3), np.float32))
+        onnxsal.Explainer(model, providers="cpu").attribute(np.ones((1, 3, 2, 2), np.float32))
     text = one_line(info.value)
-    assert "Sin" in text and "'wave'" in text and "path" in text
+    assert "Det" in text and "'wave'" in text and "path" in text
 
 
 def test_unsupported_op_off_path_does_not_matter():
@@ -67,14 +67,19 @@ def test_integer_cast_on_path_is_refused():
         onnxsal.compile(model)
 
 
-def test_control_flow_on_path_is_refused():
-    then = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [], [helper.make_tensor_value_info("t", F, ["N", 3])])
-    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [], [helper.make_tensor_value_info("e", F, ["N", 3])])
-    nodes = [helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then, else_branch=other)]
-    model = make_model(nodes, [("x", F, ["N", 3]), ("c", TensorProto.BOOL, [])], [("y", F, ["N", 3])])
+def test_control_flow_that_cannot_be_unrolled_is_refused():
+    """A Loop whose trip count is fed at run time cannot be unrolled: one sentence naming the node."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Relu", ["v_in"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", F, ["N", 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", F, ["N", 3])])
+    nodes = [helper.make_node("Loop", ["trips", "", "x"], ["y"], name="repeat", body=body)]
+    model = make_model(nodes, [("x", F, ["N", 3]), ("trips", TensorProto.INT64, [])], [("y", F, ["N", 3])])
     with pytest.raises(UnsupportedModelError) as info:
         onnxsal.compile(model)
-    assert "If" in one_line(info.value)
+    text = one_line(info.value)
+    assert "Loop" in text and "'repeat'" in text
 
 
 def test_output_not_depending_on_input():

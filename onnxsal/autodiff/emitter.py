@@ -3,7 +3,9 @@
 Rules and the driver call `Emitter.op(...)` and the few opset-aware helpers below (ops whose
 axes moved from an attribute to an input across opsets), so no rule cares which opset it is in.
 Each node is checked against the model's opset as it is emitted: an op that opset cannot express
-is a clear error at build time, never a model that onnxruntime then refuses to load.
+is a clear error at build time (`NeedsOpsetError`, naming the oldest opset that can), never a model
+that onnxruntime then refuses to load. The method graphs use the same helpers (`resize`, `block`,
+`scalar`, ...), so Grad-CAM or a compiled SmoothGrad is written in the file's own opset, down to 9.
 """
 
 from __future__ import annotations
@@ -15,6 +17,29 @@ import onnx
 from onnx import checker, helper, numpy_helper
 
 from ..errors import UnsupportedModelError
+
+
+class NeedsOpsetError(UnsupportedModelError):
+    """A node the model's opset cannot express; `opset` is the oldest opset that can (None: none
+    onnx knows), so a caller can say which opset to convert the model to."""
+
+    def __init__(self, message: str, opset: int | None = None):
+        super().__init__(message)
+        self.opset = opset
+
+
+def oldest_opset_for(node: onnx.NodeProto, since: int) -> int | None:
+    """The oldest opset after `since` in which `node` (with these inputs and attributes) is valid."""
+    for version in range(since + 1, onnx.defs.onnx_opset_version() + 1):
+        ctx = checker.C.CheckerContext()
+        ctx.ir_version = onnx.IR_VERSION
+        ctx.opset_imports = {"": version}
+        try:
+            checker.check_node(node, ctx)
+            return version
+        except checker.ValidationError:
+            continue
+    return None
 
 
 class Emitter:
@@ -78,9 +103,11 @@ class Emitter:
         except checker.ValidationError as err:
             where = self.prefix.rstrip("/") or "the gradient"
             reason = str(err).strip().splitlines()[0]
-            raise UnsupportedModelError(
+            needed = oldest_opset_for(node, self.opset)
+            target = f"opset {needed}" if needed else "a newer opset"
+            raise NeedsOpsetError(
                 f"{where} needs a {node.op_type} node that opset {self.opset} cannot express ({reason}); "
-                f"convert the model to a newer opset first (onnx.version_converter)."
+                f"convert the model to {target} first (onnx.version_converter).", needed
             ) from None
 
     def const(self, value, dtype=None, name: str = "const") -> str:
@@ -146,3 +173,76 @@ class Emitter:
         if list(perm) == list(range(len(perm))):
             return x
         return self.op("Transpose", [x], perm=list(perm))
+
+    def scalar(self, value: float, dtype, name: str = "scalar") -> str:
+        """A 0-d constant in `dtype` (the explained value's), so float16 graphs stay type-correct."""
+        return self.const(np.asarray(value, dtype=dtype), name=name)
+
+    def cast(self, x: str, dtype) -> str:
+        return self.op("Cast", [x], to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+    def arange(self, n: str) -> str:
+        """int64 [0, 1, ..., n-1] for a run-time length `n` (a 1-element int64 tensor).
+
+        Range exists from opset 11; before it, the indices of the n ones of ConstantOfShape([n]),
+        which NonZero (opset 9) lists in order."""
+        if self.opset >= 11:
+            zero, one = self.const(np.asarray(0, np.int64), name="zero"), self.const(np.asarray(1, np.int64), name="one")
+            return self.op("Range", [zero, self.squeeze(n, [0]), one])
+        ones = self.op("ConstantOfShape", [n], value=helper.make_tensor("value", onnx.TensorProto.BOOL, [1], [True]))
+        return self.squeeze(self.op("NonZero", [ones]), [0])
+
+    def resize(self, x: str, sizes: str, mode: str, dtype) -> str:
+        """`x` [N, C, h, w] resized to the run-time int64 `sizes` [N, C, H, W]: mode "linear" is
+        bilinear with half-pixel centres, "nearest" takes the pixel at floor(i·h/H) (asymmetric).
+
+        From opset 11 this is one Resize node. Resize-10 and Upsample-9 know neither half-pixel
+        centres nor output sizes, so before opset 11 the same interpolation is written as two
+        matrix products, H×h on the left and w×W on the right, with the matrices built in the graph
+        from the run-time sizes (onnxruntime folds them when the sizes are static)."""
+        if self.opset >= 11:
+            if self.opset >= 13:
+                ins = [x, "", "", sizes]
+            else:
+                empty = self.const(np.zeros(0, np.float32), name="empty")
+                ins = [x, empty, empty, sizes]
+            if mode == "linear":
+                return self.op("Resize", ins, mode="linear", coordinate_transformation_mode="half_pixel")
+            return self.op("Resize", ins, mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        in_shape = self.op("Shape", [x])
+        rows = self._interpolation_matrix(self.slice(in_shape, [2], [3], [0]), self.slice(sizes, [2], [3], [0]), mode, dtype)
+        cols = self._interpolation_matrix(self.slice(in_shape, [3], [4], [0]), self.slice(sizes, [3], [4], [0]), mode, dtype)
+        return self.op("MatMul", [self.op("MatMul", [rows, x]), self.transpose(cols, [1, 0])])
+
+    def _interpolation_matrix(self, n_in: str, n_out: str, mode: str, dtype) -> str:
+        """The [n_out, n_in] matrix that interpolates one axis (see `resize`); lengths are 1-element int64."""
+        out_idx = self.arange(n_out)
+        in_idx = self.unsqueeze(self.arange(n_in), [0])  # [1, n_in]
+        if mode == "nearest":
+            src = self.op("Div", [self.op("Mul", [out_idx, n_in]), n_out])  # floor(i·h/H), exactly, in int64
+            return self.cast(self.op("Equal", [self.unsqueeze(src, [1]), in_idx]), dtype)
+        f32 = np.float32
+        last = self.op("Sub", [self.cast(n_in, f32), self.scalar(1, f32, name="one")])
+        ratio = self.op("Div", [self.cast(n_in, f32), self.cast(n_out, f32)])
+        half = self.scalar(0.5, f32, name="half")
+        src = self.op("Sub", [self.op("Mul", [self.op("Add", [self.cast(out_idx, f32), half]), ratio]), half])
+        src = self.op("Max", [src, self.scalar(0, f32, name="zero")])  # half-pixel centres, clamped at the edges
+        lo = self.op("Min", [self.op("Floor", [src]), last])
+        hi = self.op("Min", [self.op("Add", [lo, self.scalar(1, f32, name="one")]), last])
+        frac = self.unsqueeze(self.op("Sub", [src, lo]), [1])
+        pick = lambda i: self.cast(self.op("Equal", [self.unsqueeze(self.cast(i, np.int64), [1]), in_idx]), f32)  # noqa: E731
+        one_minus = self.op("Sub", [self.scalar(1, f32, name="one"), frac])
+        weights = self.op("Add", [self.op("Mul", [pick(lo), one_minus]), self.op("Mul", [pick(hi), frac])])
+        return weights if np.dtype(dtype) == np.float32 else self.cast(weights, dtype)
+
+    def block(self, x: str, n_blocks: int, start: int, stop: int | None = None) -> str:
+        """Blocks [start, stop) of `x` cut along axis 0 into `n_blocks` equal blocks.
+
+        `stop` None takes block `start` alone, without its axis ([M, ...] -> [M/n, ...]); otherwise
+        the result is [stop - start, M/n, ...]. Written as Reshape then a static Slice or Gather, so
+        it needs no run-time Slice bounds (which opset 9 cannot express)."""
+        rest = self.slice(self.op("Shape", [x]), [1], [np.iinfo(np.int64).max], [0])
+        blocks = self.op("Reshape", [x, self.op("Concat", [self.ints([n_blocks, -1], name="blocks"), rest], axis=0)])
+        if stop is None:
+            return self.op("Gather", [blocks, self.const(np.asarray(start, np.int64), name="block")], axis=0)
+        return self.slice(blocks, [start], [stop], [0])

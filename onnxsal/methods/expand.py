@@ -52,8 +52,6 @@ class Stacked:
         self.explainer = explainer
         self.output = explainer.output
         e = self.e
-        first = inputs[0]
-        self.batch = e.op("Slice", [e.op("Shape", [first]), e.ints([0]), e.ints([1])])  # N, as a 1-D tensor
         for name in inputs:
             if name not in wrt:
                 rank = explainer.view.rank(name)
@@ -62,7 +60,7 @@ class Stacked:
     def stack(self, name: str, copies: str) -> None:
         """Feed [x ; copies] (copies: [S, N, ...]) to the model in place of input `name`."""
         e = self.e
-        flat = e.op("Concat", [e.ints([-1]), e.op("Slice", [e.op("Shape", [name]), e.ints([1]), e.ints([np.iinfo(np.int64).max])])], axis=0)
+        flat = e.op("Concat", [e.ints([-1]), e.slice(e.op("Shape", [name]), [1], [np.iinfo(np.int64).max], [0])], axis=0)
         e.op("Concat", [name, e.op("Reshape", [copies, flat])], axis=0, out=self.stacked[name])
 
     def seed(self, target_kind: str) -> tuple[str, list[onnx.ValueInfoProto]]:
@@ -81,7 +79,7 @@ class Stacked:
             index = e.fresh("target")
             new_inputs.append(helper.make_tensor_value_info(index, onnx.TensorProto.INT64, [spec.shape[0] if spec.shape else "N"]))
         else:
-            clean = e.op("Slice", [y, e.ints([0]), self.batch, e.ints([0])])
+            clean = e.block(y, self.copies + 1, 0)
             scores = e.reduce("ReduceSum", clean, list(range(2, rank)), keepdims=0) if rank > 2 else clean
             index = e.op("ArgMax", [scores], axis=1, keepdims=0)
         depth = e.op("Gather", [e.op("Shape", [y]), e.ints([1], name="class_axis")], axis=0)
@@ -96,9 +94,10 @@ class Stacked:
         seed, new_inputs = self.seed(target_kind)
         y = self.outputs[self.output]
         for name, stacked in self.outputs.items():  # the graph's outputs: the clean copy's
-            self.e.op("Slice", [stacked, self.e.ints([0]), self.batch, self.e.ints([0])], out=name)
+            self.e.op("Identity", [self.e.block(stacked, self.copies + 1, 0)], out=name)
         forward = self.ed.finish([])
         forward.graph.input.extend(new_inputs)
+        forward.graph.value_info.extend(self._stacked_types(wrt))
         gg = differentiate(forward, rule_set(rules, softmax), wrt=[self.stacked[w] for w in wrt], output=y,
                            seed=SeedSpec("value", seed))
         self.ed = GraphEditor(gg.model, prefix=self.e.prefix)
@@ -106,14 +105,25 @@ class Stacked:
         e = self.e
         out = {}
         for w in wrt:
-            grad = gg.grads[self.stacked[w]]
-            shape = e.op("Concat", [e.ints([self.copies + 1, -1]), e.op("Slice", [e.op("Shape", [w]), e.ints([1]), e.ints([np.iinfo(np.int64).max])])], axis=0)
-            per_copy = e.op("Reshape", [grad, shape])
-            out[w] = e.op("Slice", [per_copy, e.ints([1]), e.ints([self.copies + 1]), e.ints([0])])
+            out[w] = e.block(gg.grads[self.stacked[w]], self.copies + 1, 1, self.copies + 1)
         self._drop = tuple(gg.grads.values())
         self.target_input = next((i.name for i in new_inputs if i.type.tensor_type.elem_type == onnx.TensorProto.INT64), None)
         self.seed_input = next((i.name for i in new_inputs if i.type.tensor_type.elem_type != onnx.TensorProto.INT64), None)
         return out
+
+    def _stacked_types(self, wrt: tuple[str, ...]) -> list[onnx.ValueInfoProto]:
+        """The types of the stacked inputs ([(S+1)·N, *sample shape]): their batch comes out of a
+        Reshape whose shape is computed, and below opset 13 ONNX shape inference then loses even
+        their rank, which the rules downstream need."""
+        view = self.explainer.view
+        types = []
+        for w in wrt:
+            shape = view.shape(w)
+            if shape is None:
+                continue
+            dims = [f"{w}_stacked_batch"] + [d if isinstance(d, int) else None for d in shape[1:]]
+            types.append(helper.make_tensor_value_info(self.stacked[w], view.elem_type(w), dims))
+        return types
 
     def finish(self, attributions: dict[str, str]) -> AttributionGraph:
         model = self.ed.finish([(name, w) for w, name in attributions.items()], drop=self._drop)

@@ -9,6 +9,8 @@ backprop by the upsampled map (Captum's definition), with a second backward pass
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from onnx import helper
 
 from ..autodiff import GRADIENT, SeedSpec, differentiable_path, differentiate, rule_set
 from ..errors import InvalidInputError
@@ -24,33 +26,31 @@ def find_layer(explainer, x: str, layer: str | None):
     return resolve_layer(explainer.view, feature_maps(explainer.view, [n.name for n in path]), layer)
 
 
-def _weights(e, grad: str, activations: str, spatial: list[int], plus: bool) -> str:
+def _weights(e, grad: str, activations: str, spatial: list[int], plus: bool, dtype) -> str:
+    """α_k per sample and channel, in `dtype`. Grad-CAM++'s g³ terms underflow in half precision
+    (g ~ 1e-2 gives g³ below float16's smallest normal), so they are computed in float32 there."""
     if not plus:
         return e.reduce("ReduceMean", grad, spatial, keepdims=1)
+    if np.dtype(dtype).itemsize < 4:
+        wide = _weights(e, e.cast(grad, np.float32), e.cast(activations, np.float32), spatial, plus, np.float32)
+        return e.cast(wide, dtype)
     g2 = e.op("Mul", [grad, grad])
     g3 = e.op("Mul", [g2, grad])
     total = e.reduce("ReduceSum", activations, spatial, keepdims=1)
-    dtype = np.float32
-    denom = e.op("Add", [e.op("Add", [e.op("Add", [g2, g2]), e.op("Mul", [total, g3])]), e.const(np.asarray(1e-7, dtype), name="eps")])
-    zero = e.const(np.asarray(0, dtype), name="zero")
-    alpha = e.op("Where", [e.op("Equal", [grad, zero]), zero, e.op("Div", [g2, denom])])
+    eps = e.scalar(max(1e-7, float(np.finfo(dtype).tiny)), dtype, name="eps")
+    denom = e.op("Add", [e.op("Add", [e.op("Add", [g2, g2]), e.op("Mul", [total, g3])]), eps])
+    zero = e.scalar(0, dtype, name="zero")
+    nonzero = e.op("Greater", [e.op("Abs", [grad]), zero])  # not Equal: float Equal needs opset 11
+    alpha = e.op("Where", [nonzero, e.op("Div", [g2, denom]), zero])
     return e.reduce("ReduceSum", e.op("Mul", [e.op("Relu", [grad]), alpha]), spatial, keepdims=1)
 
 
-def _upsample(e, cam: str, x: str, x_layout: str, interpolation: str) -> str:
+def _upsample(e, cam: str, x: str, x_layout: str, interpolation: str, dtype) -> str:
     """cam [N,1,h,w] resized to x's spatial size."""
     shape_x = e.op("Shape", [x])
     lo, hi = (2, 4) if x_layout == "NCHW" else (1, 3)
-    sizes = e.op("Concat", [e.op("Slice", [e.op("Shape", [cam]), e.ints([0]), e.ints([2])]),
-                            e.op("Slice", [shape_x, e.ints([lo]), e.ints([hi])])], axis=0)
-    if e.opset >= 13:
-        ins = [cam, "", "", sizes]
-    else:
-        empty = e.const(np.zeros(0, np.float32), name="empty")
-        ins = [cam, empty, empty, sizes]
-    if interpolation == "bilinear":
-        return e.op("Resize", ins, mode="linear", coordinate_transformation_mode="half_pixel")
-    return e.op("Resize", ins, mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    sizes = e.op("Concat", [e.slice(e.op("Shape", [cam]), [0], [2], [0]), e.slice(shape_x, [lo], [hi], [0])], axis=0)
+    return e.resize(cam, sizes, "linear" if interpolation == "bilinear" else "nearest", dtype)
 
 
 def build_gradcam(explainer, target_kind, softmax, wrt, layer=None, interpolation="bilinear", normalize=None,
@@ -72,18 +72,19 @@ def build_gradcam(explainer, target_kind, softmax, wrt, layer=None, interpolatio
         drop.append(guided_grad)
     ed = GraphEditor(model, prefix=f"{name}/")
     e = ed.e
-    weights = _weights(e, gg.grads[fm.value], fm.value, fm.spatial_axes, plus)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(explainer.view.elem_type(fm.value) or onnx.TensorProto.FLOAT))
+    weights = _weights(e, gg.grads[fm.value], fm.value, fm.spatial_axes, plus, dtype)
     cam = e.op("Relu", [e.reduce("ReduceSum", e.op("Mul", [weights, fm.value]), [fm.channel_axis], keepdims=1)])
     if fm.layout == "NHWC":
         cam = e.transpose(cam, [0, 3, 1, 2])
     x_layout = guess_layout(x_shape)
-    cam = _upsample(e, cam, x, x_layout, interpolation)
+    cam = _upsample(e, cam, x, x_layout, interpolation, dtype)
     if normalize is None:
         normalize = not guided
     if normalize:
         lo = e.reduce("ReduceMin", cam, [1, 2, 3], keepdims=1)
         span = e.op("Max", [e.op("Sub", [e.reduce("ReduceMax", cam, [1, 2, 3], keepdims=1), lo]),
-                            e.const(np.asarray(1e-12, np.float32), name="tiny")])
+                            e.scalar(max(1e-12, float(np.finfo(dtype).tiny)), dtype, name="tiny")])
         cam = e.op("Div", [e.op("Sub", [cam, lo]), span])
     if x_layout == "NHWC":
         cam = e.transpose(cam, [0, 2, 3, 1])

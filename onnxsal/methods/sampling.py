@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..inputs import Target
+from ..inputs import Target, take
 from ..runtime import run
 from . import get
 
@@ -43,7 +43,8 @@ def accumulate(
     (sample n_idx[i], perturbation s_idx[i]).
     """
     graph, session = base_graph(explainer, base, softmax, wrt)
-    n = next(iter(feeds.values())).shape[0]
+    axes = explainer.batch_axes(feeds, wrt)  # inputs without the batch (states, scalars) are fed whole
+    n = feeds[explainer._batch_input(wrt)].shape[0]
     total = n * n_samples
     per_copy = sum(int(np.prod(feeds[w].shape[1:])) for w in wrt if w in feeds) or 1
     step = int(internal_batch_size) if internal_batch_size else max(1, min(total, INPUT_BUDGET // per_copy))
@@ -62,11 +63,11 @@ def accumulate(
     for lo in chunks:
         combo = np.arange(lo, min(lo + step, total))
         n_idx, s_idx = combo // n_samples, combo % n_samples
-        chunk = {name: (perturb(name, n_idx, s_idx) if name in wrt else value[n_idx]) for name, value in feeds.items()}
+        chunk = {name: (perturb(name, n_idx, s_idx) if name in wrt else take(value, axes[name], n_idx)) for name, value in feeds.items()}
         if target.kind == "target":
-            chunk[graph.target_input] = target.value[n_idx]
+            chunk[graph.target_input] = target.take(n_idx)
         else:
-            chunk[graph.seed_input] = target.value[n_idx]
+            chunk[graph.seed_input] = target.take(n_idx)
         outs = run(session, names, chunk)
         w = weights[s_idx].reshape((-1,) + (1,) * (outs[0].ndim - 1)).astype(outs[0].dtype)
         bounds = np.flatnonzero(np.diff(n_idx)) + 1
