@@ -707,6 +707,37 @@ case("Einsum", "dynamic-ellipsis-broadcast", [W(1, 3, 4), W(2, 4, 2)], attrs={"e
      dynamic=True)
 # (end of the normalisation/shape/indexing section)
 
+# Issue 12, Pad modes (reflect, edge, wrap) --------------------------------------------------------
+# Border strips of g added back onto the elements they copy; negative pads crop first (onnxruntime's
+# order); static sizes fold with Pad, run-time sizes (dynamic) with Concat; wrap is opset 19 on.
+case("Pad", "reflect-nchw", [W(2, 3, 5, 6), I(0, 0, 2, 1, 0, 0, 1, 3)], attrs={"mode": "reflect"})
+case("Pad", "reflect-size-minus-one", [W(2, 4), I(0, 3, 1, 3)], attrs={"mode": "reflect"}, opset=13)
+case("Pad", "reflect-negative", [W(2, 6, 5), I(0, -1, 2, 0, 2, -1)], attrs={"mode": "reflect"})
+case("Pad", "reflect-1d", [W(4), I(3, 2)], attrs={"mode": "reflect"}, opset=11)
+case("Pad", "reflect-5d", [W(1, 2, 3, 4, 3), I(0, 0, 1, 2, 1, 0, 1, 2, 3, 2)], attrs={"mode": "reflect"}, opset=13)
+case("Pad", "reflect-pad2-attrs-opset7", [W(3, 4)], attrs={"mode": "reflect", "pads": [1, 2, 2, 1]}, opset=7)
+case("Pad", "reflect-opset9-attrs-negative", [W(2, 3, 5)], attrs={"mode": "reflect", "pads": [0, 1, -1, 0, -1, 3]}, opset=9)
+case("Pad", "reflect-opset18-axes", [W(2, 3, 5), I(2, 1, 1, 2), ABSENT, I(-1, 1)], attrs={"mode": "reflect"}, opset=18)
+case("Pad", "reflect-dynamic", [W(2, 3, 5, 4), I(0, 0, 2, 1, 0, 0, 1, 3)], attrs={"mode": "reflect"}, dynamic=True)
+case("Pad", "reflect-dynamic-negative-opset9", [W(2, 6, 4)], attrs={"mode": "reflect", "pads": [0, -2, 2, 0, 3, -1]},
+     opset=9, dynamic=True)
+case("Pad", "edge-nchw", [W(2, 3, 4, 5), I(0, 0, 2, 1, 0, 0, 1, 3)], attrs={"mode": "edge"})
+case("Pad", "edge-beyond-size", [W(2, 3), I(0, 5, 3, 4)], attrs={"mode": "edge"}, opset=13)
+case("Pad", "edge-size-one", [W(2, 1, 3), I(0, 2, 1, 0, 3, 0)], attrs={"mode": "edge"})
+case("Pad", "edge-negative", [W(3, 5, 4), I(-1, 2, 0, 2, -2, -1)], attrs={"mode": "edge"})
+case("Pad", "edge-pad2-attrs-opset7", [W(2, 3)], attrs={"mode": "edge", "pads": [1, 0, 2, 4]}, opset=7)
+case("Pad", "edge-opset18-axes", [W(2, 3, 4), I(1, 3, 2, 0), ABSENT, I(0, 2)], attrs={"mode": "edge"}, opset=18)
+case("Pad", "edge-dynamic", [W(2, 3, 4, 5), I(0, 0, 3, 1, 0, 0, 1, 6)], attrs={"mode": "edge"}, dynamic=True)
+case("Pad", "edge-dynamic-size-one-negative", [W(2, 1, 4), I(0, 2, -1, 0, 1, 2)], attrs={"mode": "edge"}, opset=13,
+     dynamic=True)
+case("Pad", "wrap-nchw", [W(2, 3, 4, 5), I(0, 0, 1, 2, 0, 0, 2, 1)], attrs={"mode": "wrap"}, opset=19)
+case("Pad", "wrap-size", [W(3, 4), I(3, 0, 0, 4)], attrs={"mode": "wrap"}, opset=19)
+case("Pad", "wrap-beyond-size", [W(2, 3), I(0, 7, 0, 5)], attrs={"mode": "wrap"}, opset=19)
+case("Pad", "wrap-negative", [W(5, 4), I(2, -1, -1, 3)], attrs={"mode": "wrap"}, opset=19)
+case("Pad", "wrap-opset19-axes", [W(2, 3, 4), I(2, 5, 1, 0), ABSENT, I(-1, 1)], attrs={"mode": "wrap"}, opset=19)
+case("Pad", "wrap-opset21-1d", [W(3), I(4, 2)], attrs={"mode": "wrap"}, opset=21)
+# (end of the Pad-modes section)
+
 # Issue 12, pooling at every opset, function bodies and float16 ---------------------------------------
 # MaxPool with overlapping windows at every opset that has Indices (the one-hot ConvTranspose backward).
 _P3 = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}  # resnet's stem pool
@@ -739,6 +770,11 @@ case("MaxPool", "opset18-1d-dilated-dynamic", [W(2, 2, 11, sample=distinct)],
      attrs={"kernel_shape": [3], "strides": [2], "dilations": [2], "pads": [2, 1]}, opset=18, dynamic=True)
 case("MaxPool", "opset18-ceil-drop-dynamic", [W(1, 2, 5, 5, sample=distinct)], attrs=_DROP, opset=18, dynamic=True)
 case("MaxPool", "opset18-storage-order", [W(1, 2, 5, 6, sample=distinct)], attrs={**_P3, "storage_order": 1}, opset=18)
+# Ops with no rule of their own, differentiated through their ONNX function body (onnxsal.prepare.functions;
+# more cases, with the expansion forced, in tests/test_functions.py).
+case("RMSNormalization", "function-body-last-axis", [W(2, 3, 4), C(rand(4))], attrs={"epsilon": 1e-3}, opset=23)
+case("RMSNormalization", "function-body-dynamic", [W(2, 3, 4), C(rand(3, 4))], attrs={"axis": 1}, opset=23, dynamic=True)
+case("CenterCropPad", "function-body", [W(2, 5, 4), I(3, 6)], attrs={"axes": [1, 2]}, opset=18)
 # (end of the pooling/function-body section)
 
 # Issue 12, recurrent cells and control flow (LSTM, GRU, RNN, Loop, Scan, If) -----------------------
@@ -748,7 +784,7 @@ _GATE_COUNT = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 def _recurrent(op: str, steps: int = 3, batch: int = 2, size: int = 2, hidden: int = 3, dirs: int = 1, layout: int = 0,
                bias: bool = True, states: str = "hc", weights: str = "const", peepholes: bool = False,
-               lens: bool = False) -> list[In]:
+               lens: bool = False, state_sample: Sampler = normal) -> list[In]:
     """Inputs of an LSTM/GRU/RNN case: X differentiated; W, R (B, P) constants, or differentiated with
     weights="wrt"; the initial states in `states` ("h", "c") differentiated graph inputs, the others absent."""
     g = _GATE_COUNT[op]
@@ -761,9 +797,9 @@ def _recurrent(op: str, steps: int = 3, batch: int = 2, size: int = 2, hidden: i
     ins = [x, weight(dirs, g * hidden, size), weight(dirs, g * hidden, hidden),
            weight(dirs, 2 * g * hidden) if bias else ABSENT,
            C(np.full(batch, steps, np.int32)) if lens else ABSENT,
-           W(*state) if "h" in states else ABSENT]
+           W(*state, sample=state_sample) if "h" in states else ABSENT]
     if op == "LSTM":
-        ins += [W(*state) if "c" in states else ABSENT, weight(dirs, 3 * hidden) if peepholes else ABSENT]
+        ins += [W(*state, sample=state_sample) if "c" in states else ABSENT, weight(dirs, 3 * hidden) if peepholes else ABSENT]
     while ins[-1] is ABSENT:
         ins.pop()
     return ins
@@ -819,6 +855,9 @@ case("LSTM", "input-forget", _recurrent("LSTM", peepholes=True), attrs={"hidden_
      n_out=3, tail=_BOTH_STATES)
 case("LSTM", "clip-input-forget-layout1", _recurrent("LSTM", layout=1),
      attrs={"hidden_size": 3, "clip": 0.6, "input_forget": 1, "layout": 1}, opset=14, n_out=3, explain=2)
+# a large initial cell state: C stays beyond the clip, which bounds the gates' inputs but not h(C)
+case("LSTM", "clip-large-cell-state", _recurrent("LSTM", steps=2, state_sample=uniform(-4.0, 4.0)),
+     attrs={"hidden_size": 3, "clip": 0.5}, n_out=3, tail=_BOTH_STATES)
 case("LSTM", "activations-alphas", _recurrent("LSTM"),
      attrs={"hidden_size": 3, "activations": ["HardSigmoid", "LeakyRelu", "Affine"], "activation_alpha": [0.3, 0.2, 0.8],
             "activation_beta": [0.4, 0.1]}, n_out=3, tail=_BOTH_STATES)
@@ -827,4 +866,105 @@ case("LSTM", "activations-bidirectional", _recurrent("LSTM", dirs=2),
             "activation_alpha": [0.3, 0.6, 0.9], "activation_beta": [0.4, 1.2], **_BI}, n_out=3)
 case("LSTM", "activations-softsign-softplus-relu", _recurrent("LSTM"),
      attrs={"hidden_size": 3, "activations": ["Sigmoid", "Softsign", "Softplus"]}, n_out=3, explain=1)
+
+# Control flow. Subgraph values are left untyped (their type follows the run's dtype); "outer"
+# inputs are graph inputs that only a subgraph reads, differentiated like W.
+from onnx import helper as _helper  # noqa: E402
+
+
+def O(*shape: int, sample: Sampler = normal) -> In:  # noqa: E743
+    """A differentiated graph input read only from inside a subgraph (listed after the node's inputs)."""
+    return In("outer", tuple(shape), sample)
+
+
+def _graph(name: str, nodes: list, inputs: list, outputs: list[str]):
+    """A subgraph; inputs are names (untyped) or (name, TensorProto type) for the int64/bool ones."""
+    ins = [_helper.make_tensor_value_info(i[0], i[1], []) if isinstance(i, tuple) else _helper.ValueInfoProto(name=i)
+           for i in inputs]
+    return _helper.make_graph(nodes, name, ins, [_helper.ValueInfoProto(name=o) for o in outputs])
+
+
+_n = _helper.make_node
+_LOOP_HEAD = [("i", TensorProto.INT64), ("cond_in", TensorProto.BOOL)]
+_TRUE = C(np.array(True))
+# h <- tanh(h @ w + b + xs[i]); scan out h * xs[i]; w, b, xs read from the outer graph
+_rnn_body = _graph("rnn_body", [
+    _n("Gather", ["x5", "i"], ["x_t"], axis=0), _n("MatMul", ["h_in", "x3"], ["hw"]), _n("Add", ["hw", "x4"], ["hb"]),
+    _n("Add", ["hb", "x_t"], ["pre"]), _n("Tanh", ["pre"], ["h_out"]), _n("Identity", ["cond_in"], ["cond_out"]),
+    _n("Mul", ["h_out", "x_t"], ["s"]),
+], _LOOP_HEAD + ["h_in"], ["cond_out", "h_out", "s"])
+_rnn_loop = [C(np.array(3, np.int64)), _TRUE, W(2, 3), O(3, 3), O(3), O(3, 2, 3)]
+case("Loop", "carried-state", _rnn_loop, attrs={"body": _rnn_body}, n_out=2)
+case("Loop", "scan-output", _rnn_loop, attrs={"body": _rnn_body}, n_out=2, explain=1)
+case("Loop", "state-and-scan", _rnn_loop, attrs={"body": _rnn_body}, n_out=2, tail=[("Add", ["y1", "y0"], {})])
+case("Loop", "dynamic", _rnn_loop, attrs={"body": _rnn_body}, n_out=2, dynamic=True, tail=[("Add", ["y1", "y0"], {})])
+case("Loop", "opset11", _rnn_loop, attrs={"body": _rnn_body}, n_out=2, opset=11, tail=[("Add", ["y1", "y0"], {})])
+# no condition input, the body's condition a Constant true; a second carried value passed on unchanged
+_const_cond_body = _graph("const_cond_body", [
+    _n("Constant", [], ["yes"], value=_helper.make_tensor("yes", TensorProto.BOOL, [], [True])),
+    _n("Sin", ["a_in"], ["sa"]), _n("Mul", ["sa", "b_in"], ["a_out"]), _n("Identity", ["b_in"], ["b_out"]),
+], _LOOP_HEAD + ["a_in", "b_in"], ["yes", "a_out", "b_out"])
+case("Loop", "no-cond-constant-true-passthrough", [C(np.array(4, np.int64)), ABSENT, W(2, 3), W(2, 3)],
+     attrs={"body": _const_cond_body}, n_out=2, tail=[("Mul", ["y0", "y1"], {})])
+case("Loop", "zero-trips", [C(np.array(0, np.int64)), ABSENT, W(2, 3), W(2, 3)], attrs={"body": _const_cond_body},
+     n_out=2, tail=[("Mul", ["y0", "y1"], {})])
+# an If inside the body, on a condition computed from the loop-carried value, reading body values
+_then = _graph("then", [_n("Sin", ["h_in"], ["st"]), _n("Mul", ["st", "x3"], ["t_out"])], [], ["t_out"])
+_else = _graph("else", [_n("Tanh", ["h_in"], ["te"]), _n("Neg", ["te"], ["e_out"])], [], ["e_out"])
+_if_body = _graph("if_body", [
+    _n("ReduceSum", ["h_in"], ["total"], keepdims=0), _n("ReduceSum", ["x3"], ["bar"], keepdims=0),
+    _n("Greater", ["total", "bar"], ["pick"]), _n("If", ["pick"], ["h_out"], then_branch=_then, else_branch=_else),
+    _n("Identity", ["cond_in"], ["cond_out"]),
+], _LOOP_HEAD + ["h_in"], ["cond_out", "h_out"])
+case("Loop", "nested-if-on-carried-value", [C(np.array(3, np.int64)), _TRUE, W(2, 3), O(2, 3)], attrs={"body": _if_body})
+# an LSTM inside the body (lowered on the next round), its weights read from the outer graph
+_lstm_body = _graph("lstm_body", [
+    _n("LSTM", ["h_in", "x3", "x4"], ["seq"], hidden_size=3),
+    _n("Squeeze", ["seq", "dir_axis"], ["seq3"]), _n("Add", ["seq3", "h_in"], ["h_out"]),
+    _n("Identity", ["cond_in"], ["cond_out"]),
+], _LOOP_HEAD + ["h_in"], ["cond_out", "h_out"])
+_lstm_body.initializer.append(_helper.make_tensor("dir_axis", TensorProto.INT64, [1], [1]))
+case("Loop", "body-holds-an-lstm", [C(np.array(2, np.int64)), _TRUE, W(2, 2, 3), O(1, 12, 3), O(1, 12, 3)],
+     attrs={"body": _lstm_body})
+
+# Scan: h <- tanh(h * u + x_t), scan out h * x_t
+_scan_body = _graph("scan_body", [
+    _n("Mul", ["h_in", "x2"], ["hu"]), _n("Add", ["hu", "x_t"], ["pre"]), _n("Tanh", ["pre"], ["h_out"]),
+    _n("Mul", ["h_out", "x_t"], ["s"]),
+], ["h_in", "x_t"], ["h_out", "s"])
+case("Scan", "axis0-state", [W(2, 3), W(4, 2, 3), O(2, 3)], attrs={"body": _scan_body, "num_scan_inputs": 1}, n_out=2)
+case("Scan", "axis0-scan-output", [W(2, 3), W(4, 2, 3), O(2, 3)], attrs={"body": _scan_body, "num_scan_inputs": 1},
+     n_out=2, explain=1)
+case("Scan", "input-axis1-reverse-output-axis2", [W(2, 3), W(2, 4, 3), O(2, 3)],
+     attrs={"body": _scan_body, "num_scan_inputs": 1, "scan_input_axes": [1], "scan_input_directions": [1],
+            "scan_output_axes": [2]}, n_out=2, tail=[("ReduceSum", ["y1"], {"keepdims": 0}), ("Add", ["t0", "y0"], {})])
+case("Scan", "negative-axes-reverse-output", [W(2, 3), W(2, 3, 5), O(2, 3)],
+     attrs={"body": _scan_body, "num_scan_inputs": 1, "scan_input_axes": [-1], "scan_output_axes": [-1],
+            "scan_output_directions": [1]}, n_out=2, explain=1)
+_two_body = _graph("two_body", [_n("Mul", ["a_t", "b_t"], ["ab"]), _n("Add", ["acc_in", "ab"], ["acc_out"]),
+                                _n("Sin", ["ab"], ["s"])], ["acc_in", "a_t", "b_t"], ["acc_out", "s"])
+case("Scan", "two-inputs-opset9", [W(3), W(4, 3), W(3, 4)],
+     attrs={"body": _two_body, "num_scan_inputs": 2, "scan_input_axes": [0, 1], "scan_input_directions": [0, 1]},
+     n_out=2, opset=9, tail=[("Add", ["y1", "y0"], {})])
+
+# If: both branches read outer values; a condition fed at run time (true, false), or constant
+_if_then = _graph("then", [_n("Mul", ["x1", "x2"], ["m"]), _n("Sin", ["x1"], ["s1"])], [], ["m", "s1"])
+_if_else = _graph("else", [_n("Tanh", ["x2"], ["t"]), _n("Add", ["t", "x1"], ["a"]), _n("Exp", ["x2"], ["e"])],
+                  [], ["a", "e"])
+_IF = {"then_branch": _if_then, "else_branch": _if_else}
+_BOOL = TensorProto.BOOL
+case("If", "run-time-true", [F(sample=fixed(1.0), dtype=_BOOL), O(2, 3), O(2, 3)], attrs=_IF, n_out=2,
+     tail=[("Mul", ["y0", "y1"], {})])
+case("If", "run-time-false", [F(sample=fixed(0.0), dtype=_BOOL), O(2, 3), O(2, 3)], attrs=_IF, n_out=2,
+     tail=[("Mul", ["y0", "y1"], {})])
+case("If", "run-time-cond-shape-1", [F(1, sample=fixed(0.0), dtype=_BOOL), O(2, 3), O(2, 3)], attrs=_IF, n_out=2)
+# with symbolic dims: the branches agree on them when computed from the same input
+_IF_ONE = {"then_branch": _graph("then", [_n("Sin", ["x1"], ["s"]), _n("Exp", ["x1"], ["e"])], [], ["s", "e"]),
+           "else_branch": _graph("else", [_n("Tanh", ["x1"], ["t"]), _n("Mul", ["t", "x1"], ["m"])], [], ["m", "t"])}
+for _c in (0.0, 1.0):
+    case("If", f"run-time-dynamic-{int(_c)}", [F(sample=fixed(_c), dtype=_BOOL), O(2, 3)], attrs=_IF_ONE, n_out=2,
+         dynamic=True, tail=[("Mul", ["y0", "y1"], {})])
+case("If", "constant-cond", [C(np.array([False])), O(2, 3), O(2, 3)], attrs=_IF, n_out=2)
+case("If", "opset11-second-output", [F(sample=fixed(1.0), dtype=_BOOL), O(2, 3), O(2, 3)], attrs=_IF, n_out=2,
+     explain=1, opset=11)
 # (end of the recurrent/control-flow section)

@@ -152,26 +152,31 @@ def _softmax(x: np.ndarray, axis, opset: int) -> np.ndarray:
 
 
 class Pad(OpRun):
-    """Constant mode, with negative pads (crops), which the reference (numpy.pad) refuses."""
+    """Every mode with negative pads (crops), which the reference (numpy.pad) refuses: x is cropped
+    by the negative pads first, then padded by the positive ones in the mode (onnxruntime's order,
+    which matters for wrap); reflect pads beyond the cropped size minus one are invalid."""
 
     op_domain = ""
 
-    def _run(self, data, pads=None, constant_value=None, axes=None, mode=None, value=None):
+    def _run(self, data, pads=None, constant_value=None, axes=None, mode=None, value=None, paddings=None):
         mode = mode.decode() if isinstance(mode, bytes) else (mode or "constant")
-        if mode != "constant":
-            raise NotImplementedError(mode)
         rank = data.ndim
         axes = list(range(rank)) if axes is None else [int(a) % rank for a in np.ravel(axes)]
-        pads = [int(p) for p in np.ravel(pads)]
+        pads = [int(p) for p in np.ravel(pads if pads is not None else paddings)]
         begin, end = [0] * rank, [0] * rank
         for i, a in enumerate(axes):
             begin[a], end[a] = pads[i], pads[len(axes) + i]
+        crop = tuple(slice(max(-b, 0), data.shape[k] - max(-e, 0)) for k, (b, e) in enumerate(zip(begin, end)))
+        data = data[crop]
+        width = [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)]
+        if mode == "reflect" and any(max(w) > n - 1 for w, n in zip(width, data.shape) if max(w)):
+            raise ValueError(f"reflect pads {width} exceed the cropped shape {data.shape} minus one")
+        if mode != "constant":
+            return (np.pad(data, width, mode=mode),)
         fill = value or 0
         if constant_value is not None and np.size(constant_value):
             fill = np.ravel(constant_value)[0]
-        out = np.pad(data, [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)], constant_values=fill)
-        crop = tuple(slice(max(-b, 0), out.shape[k] - max(-e, 0)) for k, (b, e) in enumerate(zip(begin, end)))
-        return (out[crop],)
+        return (np.pad(data, width, constant_values=fill),)
 
 
 class ConvTranspose(OpRun):
@@ -367,7 +372,8 @@ def build(case: Case, dtype, out_info: tuple[np.dtype, tuple] | None = None, con
             names.append("")
             continue
         name = f"x{i}"
-        names.append(name)
+        if spec.kind != "outer":  # "outer": a graph input only a subgraph reads (If/Loop/Scan); listed last
+            names.append(name)
         if spec.kind == "const":
             value = spec.value
             if value.dtype.kind == "f" and not spec.fixed:
@@ -400,7 +406,7 @@ def build(case: Case, dtype, out_info: tuple[np.dtype, tuple] | None = None, con
 def feeds_for(case: Case, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """float64 values of every graph input (wrt and fed), drawn by the case's samplers."""
     return {f"x{i}": np.asarray(s.sample(rng, s.shape), dtype=np.float64)
-            for i, s in enumerate(case.inputs) if s.kind in ("wrt", "feed")}
+            for i, s in enumerate(case.inputs) if s.kind in ("wrt", "feed", "outer")}
 
 
 def cast_feeds(case: Case, feeds: dict[str, np.ndarray], dtype) -> dict[str, np.ndarray]:
@@ -408,7 +414,7 @@ def cast_feeds(case: Case, feeds: dict[str, np.ndarray], dtype) -> dict[str, np.
 
 
 def wrt_names(case: Case) -> list[str]:
-    return [f"x{i}" for i, s in enumerate(case.inputs) if s.kind == "wrt"]
+    return [f"x{i}" for i, s in enumerate(case.inputs) if s.kind in ("wrt", "outer")]
 
 
 def gradient_graph(model: onnx.ModelProto, wrt: list[str], output: str, rules: str = "gradient", softmax: str = "keep"):
