@@ -25,17 +25,39 @@ def demo(out_dir: str, providers: str):
     run_demo(out_dir, providers=providers)
 
 
+INPUT_SHAPE_HELP = ("Input dims such as 1,3,224,224 to build the graph for (NAME=1,3,224,224 for one of several "
+                    "inputs; repeatable); a dim that is not a number (N, ?) stays dynamic.")
+
+
+def _input_shapes(values: tuple[str, ...]):
+    """--input-shape values as `input_shapes=`: one tuple, or a dict by input name."""
+    if not values:
+        return None
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        tokens = [t.strip() for t in dims.replace("x", ",").split(",") if t.strip()]
+        if not tokens:
+            raise click.BadParameter(f"expected dims such as 1,3,224,224, not {value!r}", param_hint="--input-shape")
+        shape = tuple(int(t) if t.isdigit() else None for t in tokens)
+        if not sep and len(values) > 1:
+            raise click.BadParameter("name each input when giving several: NAME=1,3,224,224", param_hint="--input-shape")
+        shapes[name if sep else None] = shape
+    return shapes[None] if None in shapes else shapes
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--output", "output", default=None, help="The output to explain (default: the first).")
-def inspect(model: str, as_json: bool, output: str | None):
+@click.option("--input-shape", "input_shape", multiple=True, help=INPUT_SHAPE_HELP)
+def inspect(model: str, as_json: bool, output: str | None, input_shape: tuple[str, ...]):
     """Show MODEL's inputs, ops, gradient coverage, rectifiers, softmax head and Grad-CAM layers."""
     import json
 
     from .inspection import format_report, inspect_model
 
-    report = inspect_model(model, output=output)
+    report = inspect_model(model, output=output, input_shapes=_input_shapes(input_shape))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 
@@ -127,13 +149,17 @@ def methods():
 @click.option("--modifier", type=click.Choice(["absolute", "negate", "positive", "negative"]), default=None,
               help="keras-vis gradient modifier applied to the attribution.")
 @click.option("--option", "option", multiple=True, help="Method option KEY=VALUE (e.g. n_samples=25, layer=NAME).")
+@click.option("--input-shape", "input_shape", multiple=True, help=INPUT_SHAPE_HELP)
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the graph.")
-def compile_cmd(model: str, method: str, target: str, softmax: str, modifier: str | None, option, out: str):
-    """Write the standalone attribution graph of MODEL (any ONNX Runtime can run it)."""
+def compile_cmd(model: str, method: str, target: str, softmax: str, modifier: str | None, option, input_shape, out: str):
+    """Write the standalone attribution graph of MODEL (any ONNX Runtime can run it).
+
+    A model whose gradient needs the input sizes it leaves dynamic takes --input-shape."""
     from .explainer import compile as compile_graph
     from .io_utils import save_model_atomic
 
-    graph = compile_graph(model, method=method, target=target, softmax=softmax, modifier=modifier, **_options(option))
+    graph = compile_graph(model, method=method, target=target, softmax=softmax, modifier=modifier,
+                          input_shapes=_input_shapes(input_shape), **_options(option))
     save_model_atomic(graph, out)
     click.echo(f"wrote {out}: inputs {[i.name for i in graph.graph.input]}, outputs {[o.name for o in graph.graph.output]}")
 

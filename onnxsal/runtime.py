@@ -7,7 +7,7 @@ import warnings
 import onnx
 import onnxruntime as ort
 
-from .errors import ModelLoadError, ModelRunError, ProviderError
+from .errors import ModelLoadError, ModelRunError, OnnxsalError, ProviderError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -69,6 +69,8 @@ def run(session: ort.InferenceSession, names: list[str], feeds: dict) -> list:
     turned into one clear ModelRunError."""
     try:
         return session.run(names, feeds)
+    except OnnxsalError:  # a session that builds its graph per input shape (the Explainer's) refused
+        raise
     except Exception as exc:
         text = str(exc).strip()
         detail = text.split("Status Message:")[-1].strip() if "Status Message:" in text else text.splitlines()[0] if text else type(exc).__name__

@@ -5,6 +5,11 @@
 - "tensor": a seed of the output's shape fed at run time (regression, masks, several classes);
 - "value": a seed value already in the graph (a second backward pass from the same seed).
 Classes lie on axis 1; for outputs with more axes (segmentation) the class's whole map is seeded.
+
+The inputs a seed adds declare only what the graph itself guarantees: their rank, and dims left
+free. Files declare output shapes that the model does not return (onnxruntime warns and runs
+them); a seed of the real output's shape must still be fed, so the Explainer checks seeds and
+targets against a forward run, not against these declarations.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def emit_seed(e: Emitter, view: GraphView, y: str, spec: SeedSpec) -> tuple[str,
         return spec.value, []
     if spec.kind == "tensor":
         name = e.fresh(f"{y}_seed")
-        return name, [helper.make_tensor_value_info(name, et, None if shape is None else list(shape))]
+        return name, [helper.make_tensor_value_info(name, et, None if shape is None else _free_dims(shape))]
     if shape is None:
         raise UnsupportedModelError(f"the rank of output {y!r} is unknown; feed a seed tensor instead of a target.")
     rank = len(shape)
@@ -55,7 +60,7 @@ def emit_seed(e: Emitter, view: GraphView, y: str, spec: SeedSpec) -> tuple[str,
     new_inputs: list[onnx.ValueInfoProto] = []
     if spec.kind == "target":
         index = e.fresh("target")
-        batch = shape[0] if shape[0] is not None else "N"
+        batch = shape[0] if isinstance(shape[0], str) else "N"
         new_inputs.append(helper.make_tensor_value_info(index, onnx.TensorProto.INT64, [batch]))
     else:
         scores = e.reduce("ReduceSum", y, list(range(2, rank)), keepdims=0) if rank > 2 else y
@@ -66,3 +71,9 @@ def emit_seed(e: Emitter, view: GraphView, y: str, spec: SeedSpec) -> tuple[str,
     if rank > 2:
         seed = e.op("Expand", [e.unsqueeze(seed, list(range(2, rank))), e.op("Shape", [y])])
     return seed, new_inputs
+
+
+def _free_dims(shape) -> list:
+    """The dims of a seed input: the output's named dims kept (they tie the seed to the inputs), the
+    others free, since the file's declared sizes may not be what the model returns."""
+    return [d if isinstance(d, str) else None for d in shape]
