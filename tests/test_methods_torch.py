@@ -619,7 +619,8 @@ def test_compiled_graph_runs_standalone(resnet, tmp_path, method, target_kind):
 
     # the first output is the model's output
     assert rel(y, case.logits(x)) <= TOL
-    np.testing.assert_allclose(y, case.explainer.predict(x), rtol=1e-5, atol=1e-6 * np.abs(y).max())
+    # the same forward pass, on a batch of another size (SmoothGrad/IG stack their samples): float32 rounding
+    np.testing.assert_allclose(y, case.explainer.predict(x), rtol=1e-5, atol=1e-5 * np.abs(y).max())
     # the attribution is the Explainer's
     expected = case.explainer.attribute(x, target=target, method=method, **options)
     assert attribution.shape == expected.shape and attribution.dtype == expected.dtype

@@ -89,16 +89,20 @@ def slice_(ctx: RuleContext, g):
     return [scatter_flat(ctx, x, chosen, g, repeats=False)] + nones
 
 
-@rule("Pad")
-def pad(ctx: RuleContext, g):
+def _pad_mode(ctx: RuleContext) -> str:
     mode = ctx.attr("mode", "constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
-        ctx.unsupported(f"only constant padding is differentiated, not mode '{mode}'")
-    rank = ctx.rank(ctx.x)
-    pads = ctx.attr("pads") if ctx.opset < 11 else ctx.const(1)
-    if pads is None:
-        ctx.needs_shapes("the pads are computed at run time")
+    return mode.decode() if isinstance(mode, bytes) else mode
+
+
+def _pad_amounts(ctx: RuleContext, rank: int) -> tuple[list[int], list[int]]:
+    """The forward pads as (begin, end) per axis of x, from the attribute (opsets 1-10) or the
+    constant `pads` and `axes` inputs (opset 11 on; `axes` from 18). Negative amounts crop."""
+    if ctx.opset < 11:
+        pads = ctx.attr("pads", ctx.attr("paddings"))
+    else:
+        pads = ctx.const(1)
+        if pads is None:
+            ctx.needs_shapes("the pads are computed at run time")
     pads = [int(p) for p in np.ravel(pads)]
     axes = list(range(rank))
     if ctx.opset >= 18 and ctx.input(3):
@@ -106,22 +110,132 @@ def pad(ctx: RuleContext, g):
         if a is None:
             ctx.needs_shapes("the pad axes are computed at run time")
         axes = [int(v) % rank for v in np.ravel(a)]
-    n = len(axes)
+    begin, end = [0] * rank, [0] * rank
+    for i, a in enumerate(axes):
+        begin[a], end[a] = pads[i], pads[len(axes) + i]
+    return begin, end
+
+
+_BIG = np.iinfo(np.int64).max  # a Slice end past any extent
+
+
+@rule("Pad")
+def pad(ctx: RuleContext, g):
+    """y is x cropped by the negative pads, then padded by the positive ones (onnxruntime's order).
+
+    Constant mode: the gradient is the centre of g. Reflect, edge and wrap also copy x's values into
+    the border, so each border strip of g is added back onto the elements it copies, one axis at a
+    time (the copies are separable per axis). Where the forward cropped, the gradient is zero-padded.
+    """
+    mode = _pad_mode(ctx)
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        ctx.unsupported(f"pad mode '{mode}' is not an ONNX mode (constant, reflect, edge, wrap)")
+    rank = ctx.rank(ctx.x)
+    begin, end = _pad_amounts(ctx, rank)
     e = ctx.emitter
     out = g
-    grow = [max(-p, 0) for p in pads]  # where the forward cropped, the gradient is zero-padded
-    if any(grow):
-        full = [0] * (2 * rank)
-        for i, a in enumerate(axes):
-            full[a], full[rank + a] = grow[i], grow[n + i]
-        out = e.pad(out, full)
-    cut = [max(p, 0) for p in pads]  # where the forward padded, the gradient is cropped
-    if any(cut):
-        big = np.iinfo(np.int64).max
-        starts = [cut[i] for i in range(n)]
-        ends = [-cut[n + i] if cut[n + i] else big for i in range(n)]
-        out = e.slice(out, starts, ends, axes)
+    if mode == "constant":
+        axes = [a for a in range(rank) if begin[a] > 0 or end[a] > 0]
+        if axes:
+            ends = [-end[a] if end[a] > 0 else _BIG for a in axes]
+            out = e.slice(out, [max(begin[a], 0) for a in axes], ends, axes)
+    else:
+        shape = ctx.shape(ctx.x)
+        for a in range(rank):
+            b, t = max(begin[a], 0), max(end[a], 0)
+            if b or t:
+                dim = shape[a] if shape is not None else None
+                n = dim - max(-begin[a], 0) - max(-end[a], 0) if isinstance(dim, int) else None
+                out = _fold_border(ctx, out, a, b, t, n, mode, rank)
+    crops = [max(-p, 0) for p in begin] + [max(-p, 0) for p in end]
+    if any(crops):
+        out = e.pad(out, crops)
     return [out] + [None] * (len(ctx.node.input) - 1)
+
+
+def _fold_border(ctx: RuleContext, g: str, axis: int, b: int, t: int, n: int | None, mode: str, rank: int) -> str:
+    """The gradient of padding one axis of size n (None: known only at run time) by b before and t
+    after in `mode`: the centre of g plus each border strip added onto the elements it copies."""
+    least = 2 if mode == "reflect" else 1
+    if n is not None and n < least:
+        ctx.unsupported(f"{mode} padding of axis {axis} needs at least {least} element(s) there after cropping, "
+                        f"and it has {n}")
+    if mode == "reflect" and n is not None and max(b, t) > n - 1:
+        ctx.unsupported(f"reflect padding of {max(b, t)} on axis {axis} exceeds the axis size minus one "
+                        f"({n - 1}), which ONNX does not allow")
+    if mode == "wrap" and n is None:
+        ctx.needs_shapes(f"wrap padding needs the static size of axis {axis} of '{ctx.x}', to know "
+                         f"which elements the border copies")
+    e = ctx.emitter
+    centre = e.slice(g, [b], [-t if t else _BIG], [axis])
+    if mode == "reflect":  # y[b-k] = x[k] and y[b+n-1+k] = x[n-1-k], k = 1..pad
+        if b:
+            centre = _add_onto(ctx, centre, _reverse(ctx, e.slice(g, [0], [b], [axis]), axis, b), axis, 1, b + 1, n, rank)
+        if t:
+            strip = _reverse(ctx, e.slice(g, [-t], [_BIG], [axis]), axis, t)
+            centre = _add_onto(ctx, centre, strip, axis, -1 - t, -1, n, rank)
+    elif mode == "edge":  # every border element copies the first or the last element
+        if b:
+            centre = _add_onto(ctx, centre, e.reduce("ReduceSum", e.slice(g, [0], [b], [axis]), [axis]), axis, 0, 1, n, rank)
+        if t:
+            strip = e.reduce("ReduceSum", e.slice(g, [-t], [_BIG], [axis]), [axis])
+            centre = _add_onto(ctx, centre, strip, axis, -1, None, n, rank)
+    else:  # wrap: y[i] = x[(i - b) mod n], so the border may wrap round x several times
+        if b:
+            centre = ctx.op("Add", [centre, _wrap_strip(ctx, e.slice(g, [0], [b], [axis]), axis, b, -b % n, n, rank)])
+        if t:
+            centre = ctx.op("Add", [centre, _wrap_strip(ctx, e.slice(g, [-t], [_BIG], [axis]), axis, t, 0, n, rank)])
+    return centre
+
+
+def _reverse(ctx: RuleContext, strip: str, axis: int, length: int) -> str:
+    """`strip` (static `length` along `axis`) in reverse order: Slice with step -1 from opset 10,
+    a Gather of the reversed positions before."""
+    if length == 1:
+        return strip
+    e = ctx.emitter
+    if ctx.opset >= 10:
+        lowest = np.iinfo(np.int64).min
+        return ctx.op("Slice", [strip, e.ints([-1], name="starts"), e.ints([lowest], name="ends"), e.ints([axis]),
+                                e.ints([-1], name="steps")])
+    return ctx.op("Gather", [strip, e.ints(range(length - 1, -1, -1), name="reversed")], axis=axis)
+
+
+def _add_onto(ctx: RuleContext, c: str, strip: str, axis: int, lo: int, hi: int | None, n: int | None, rank: int) -> str:
+    """c with `strip` added onto c[lo:hi] along `axis` (Python slice bounds; hi None: to the end).
+
+    With a static size n: strip zero-padded to c's extent, then added. Otherwise c is cut around
+    [lo, hi) with bounds relative to its start or end (no size needed) and concatenated back."""
+    e = ctx.emitter
+    if n is not None:
+        start = lo % n if lo < 0 else lo
+        stop = n if hi is None else (hi % n if hi < 0 else hi)
+        pads = [0] * (2 * rank)
+        pads[axis], pads[rank + axis] = start, n - stop
+        return ctx.op("Add", [c, e.pad(strip, pads) if start or n - stop else strip])
+    pieces = [e.slice(c, [0], [lo], [axis])] if lo != 0 else []
+    pieces.append(ctx.op("Add", [e.slice(c, [lo], [_BIG if hi is None else hi], [axis]), strip]))
+    if hi is not None:
+        pieces.append(e.slice(c, [hi], [_BIG], [axis]))
+    return ctx.op("Concat", pieces, axis=axis)
+
+
+def _wrap_strip(ctx: RuleContext, strip: str, axis: int, length: int, phase: int, n: int, rank: int) -> str:
+    """Strip position j (of `length`) copies x[(j + phase) mod n]: the strip cut into runs that land
+    on consecutive elements, each zero-padded to x's extent n, summed."""
+    e = ctx.emitter
+    total, j = None, 0
+    while j < length:
+        start = (j + phase) % n
+        run = min(n - start, length - j)
+        piece = strip if run == length else e.slice(strip, [j], [j + run], [axis])
+        if start or n - start - run:
+            pads = [0] * (2 * rank)
+            pads[axis], pads[rank + axis] = start, n - start - run
+            piece = e.pad(piece, pads)
+        total = piece if total is None else ctx.op("Add", [total, piece])
+        j += run
+    return total
 
 
 def _assemble_shape(ctx: RuleContext, source: str, pieces: list) -> str:
