@@ -6,6 +6,10 @@ nodes that compute the node's outputs (the last node writing each of them uses `
 the path from `wrt` to the explained output whose op the rule set does not cover are lowered, until
 none is left: a lowering may emit ops that are themselves lowered. The lowered graph computes the
 same values as the original, so forward outputs are unchanged.
+
+An op with neither a rule nor a registered lowering whose ONNX schema defines a function body for
+the model's opset (Swish, Shrink, RMSNormalization, CenterCropPad, AffineGrid, ...) is expanded
+into that body (`functions.expand`), which the rules then differentiate.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..autodiff import GRADIENT, differentiable_path
 from ..autodiff.emitter import Emitter
 from ..autodiff.graph import GraphView
 from ..errors import UnsupportedModelError
+from . import functions
 
 LowerFn = Callable[["LowerContext"], None]
 LOWERINGS: dict[str, LowerFn] = {}
@@ -86,12 +91,16 @@ def lower(model: onnx.ModelProto, supports: Callable[[str], bool], wrt: list[str
     for _ in range(MAX_ROUNDS):
         view = GraphView(model)
         path = differentiable_path(view, GRADIENT, wrt, output, check_rules=False)
-        todo = [n for n in path
-                if n.domain in ("", "ai.onnx") and not supports(n.op_type) and n.op_type in LOWERINGS]
+        todo = [n for n in path if n.domain in ("", "ai.onnx") and not supports(n.op_type) and _lowerable(n, view)]
         if not todo:
             return model
         model = _rewrite(view, todo)
     return model
+
+
+def _lowerable(node: onnx.NodeProto, view: GraphView) -> bool:
+    """Whether a lowering is registered for the node's op, or its schema gives it a function body."""
+    return node.op_type in LOWERINGS or functions.function_body(node, view) is not None
 
 
 def _rewrite(view: GraphView, todo: list[onnx.NodeProto]) -> onnx.ModelProto:
@@ -104,7 +113,7 @@ def _rewrite(view: GraphView, todo: list[onnx.NodeProto]) -> onnx.ModelProto:
         e.prefix = f"{n.name}/"
         start = len(e.nodes)
         try:
-            LOWERINGS[n.op_type](LowerContext(n, view, e))
+            LOWERINGS.get(n.op_type, functions.expand)(LowerContext(n, view, e))
         except CannotLower as why:
             raise UnsupportedModelError(
                 f"{n.op_type} node '{n.name}' lies on the path being differentiated and cannot be rewritten "

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import numpy as np
+from onnx import TensorProto, helper
+
 from ..registry import RuleContext
+
+# Element types whose ScatterElements(reduction="add") onnxruntime's CPU provider refuses at run time.
+NO_ADD_KERNEL = {np.dtype(np.float16), np.dtype(helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16))}
 
 
 def scatter_flat(ctx: RuleContext, x: str, flat_indices: str, g: str, repeats: bool) -> str:
     """Zeros shaped like x with g added at flat_indices (an index tensor shaped like g).
 
     `repeats` says an element of x may be selected more than once; those contributions add up,
-    which needs ScatterElements' reduction (opset 16).
+    which needs ScatterElements' reduction (opset 16). For float16 and bfloat16 gradients that sum
+    is taken in float32 (onnxruntime's CPU provider has no float16 kernel for it) and cast back.
     """
     e = ctx.emitter
     flat = e.ints([-1], name="flat")
     if repeats and ctx.opset < 16:
         ctx.unsupported("elements selected more than once need ScatterElements with reduction (opset >= 16)")
-    zeros = ctx.zeros_like(e.op("Reshape", [x, flat]))
+    wide = repeats and ctx.dtype in NO_ADD_KERNEL
+    updates = e.op("Reshape", [g, flat])
+    if wide:
+        updates = e.op("Cast", [updates], to=TensorProto.FLOAT)
+    zeros = e.zeros_like(e.op("Reshape", [x, flat]), np.float32 if wide else ctx.dtype)
     out = e.op(
         "ScatterElements",
-        [zeros, e.op("Reshape", [flat_indices, flat]), e.op("Reshape", [g, flat])],
+        [zeros, e.op("Reshape", [flat_indices, flat]), updates],
         axis=0,
         reduction="add" if repeats else None,
     )
+    if wide:
+        out = e.op("Cast", [out], to=ctx.view.elem_type(ctx.y) or helper.np_dtype_to_tensor_dtype(ctx.dtype))
     return e.reshape_like(out, x)
 
 
