@@ -258,7 +258,7 @@ def differentiate(
     model_out = view.model  # the view's own copy; the view is not used after this
     graph = model_out.graph
     graph.node.extend(drv.e.nodes)
-    graph.initializer.extend(drv.e.initializers)
+    graph.initializer.extend(drv.e.used_initializers(list(grads.values()) + [seed_value]))
     graph.input.extend(new_inputs)
     for w, name in grads.items():
         graph.output.append(helper.make_tensor_value_info(name, view.elem_type(w), _shape_for_info(view.shape(w))))

@@ -117,6 +117,14 @@ class Emitter:
         self.initializers.append(numpy_helper.from_array(arr, full))
         return full
 
+    def used_initializers(self, reads: Sequence[str] = ()) -> list[onnx.TensorProto]:
+        """The constants some emitted node (or subgraph of one), or `reads`, reads. Rules may make a
+        constant they end up not needing; onnxruntime refuses an unused initializer in IR 3 files."""
+        from .graph import node_inputs
+
+        used = set(reads) | {x for n in self.nodes for x in node_inputs(n)}
+        return [t for t in self.initializers if t.name in used]
+
     def ints(self, values: Sequence[int], name: str = "axes") -> str:
         return self.const(np.asarray(list(values), dtype=np.int64), name=name)
 

@@ -58,7 +58,7 @@ class GraphEditor:
                 vi = helper.make_tensor_value_info(*out)
             infos.append(vi)
         g.node.extend(self.e.nodes)
-        g.initializer.extend(self.e.initializers)
+        g.initializer.extend(self.e.used_initializers([vi.name for vi in infos]))
         kept = [o for o in g.output if o.name not in drop]
         del g.output[:]
         g.output.extend(kept)

@@ -126,5 +126,5 @@ def _rewrite(view: GraphView, todo: list[onnx.NodeProto]) -> onnx.ModelProto:
     model = view.model
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    model.graph.initializer.extend(e.initializers)
+    model.graph.initializer.extend(e.used_initializers([o for n in todo for o in n.output]))
     return model
