@@ -9,6 +9,7 @@ import onnx
 from onnx import external_data_helper
 
 from .errors import ModelLoadError
+from .prepare.repair import repair, run_checker
 
 MAX_OPSET = 26  # the newest default-domain opset onnxruntime 1.31 runs
 MAX_IR_VERSION = 13  # the newest IR version onnxruntime 1.31 loads (it refuses 14)
@@ -62,7 +63,9 @@ def _valid_text(model: onnx.ModelProto) -> bool:
 
 
 def check_model(model: onnx.ModelProto, source: str = "the model") -> onnx.ModelProto:
-    """Validate with the ONNX checker and against what onnxruntime can load."""
+    """Validate against what onnxruntime can load, repair what it tolerates (nodes out of order,
+    model-local functions, wrong declared shapes: `prepare.repair`), then check with the ONNX
+    checker. Returns the repaired copy."""
     if not isinstance(model, onnx.ModelProto) or not model.HasField("graph"):
         raise ModelLoadError(f"{source} is not an ONNX model (it has no graph).")
     if not _valid_text(model):
@@ -76,7 +79,11 @@ def check_model(model: onnx.ModelProto, source: str = "the model") -> onnx.Model
         if imp.domain in ("", "ai.onnx") and imp.version > MAX_OPSET:
             raise ModelLoadError(f"{source} uses opset {imp.version}; onnxruntime runs opsets up to {MAX_OPSET}.")
     try:
-        onnx.checker.check_model(model)
+        model = repair(model)
+    except Exception:  # a file too broken to repair (nested beyond recursion, say): the checker judges it as it is
+        pass
+    try:
+        run_checker(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{source} fails the ONNX checker: {first}") from exc

@@ -14,5 +14,7 @@ The stages run in this order, each in its own module with one job:
 
 from . import control_flow, functions, recurrent  # noqa: F401  (register their lowerings)
 from .lower import LOWERINGS, LowerContext, lower, lowering
+from .repair import repair
+from .specialise import specialise
 
-__all__ = ["LOWERINGS", "LowerContext", "lower", "lowering"]
+__all__ = ["LOWERINGS", "LowerContext", "lower", "lowering", "repair", "specialise"]
