@@ -31,6 +31,7 @@ from .prepare import lower
 from .runtime import create_session, resolve_providers, run
 
 Shapes = dict[str, list[int | None]]
+SMALL_VALUE_ELEMENTS = 64  # integer inputs up to this size are written into a specialised graph
 
 
 class Explainer:
@@ -69,20 +70,30 @@ class Explainer:
         self._call: tuple | None = None  # (feeds, batch axes, batch size) of the attribute call in progress
 
     # -- specialisation -------------------------------------------------------------------------------
-    def specialised(self, input_shapes) -> Explainer:
+    def specialised(self, input_shapes, input_values: dict[str, np.ndarray] | None = None) -> Explainer:
         """This model specialised on `input_shapes` (a dict of input name -> dims, or one sequence of
-        dims for a single-input model; an int fixes a dim, None leaves it dynamic), as an Explainer of
-        its own, cached per shapes: its graphs are built on the specialised model."""
+        dims for a single-input model; an int fixes a dim, None leaves it dynamic) and on the values of
+        `input_values` (small integer inputs, such as a sample rate, written in as constants so that
+        what they decide folds away), as an Explainer of its own, cached per signature: its graphs
+        are built on the specialised model."""
         from .prepare.specialise import specialise
 
         shapes = normalise_input_shapes(input_shapes, self.inputs)
-        key = tuple(sorted((name, tuple(dims)) for name, dims in shapes.items()))
+        values = dict(input_values or {})
+        key = (tuple(sorted((name, tuple(dims)) for name, dims in shapes.items())),
+               tuple(sorted((name, v.dtype.str, v.shape, v.tobytes()) for name, v in values.items())))
         if key not in self._children:
             child = object.__new__(Explainer)
-            child._setup(specialise(self.model, shapes), self.providers, self._strict_cuda, self._options,
+            child._setup(specialise(self.model, shapes, values), self.providers, self._strict_cuda, self._options,
                          self.output, shapes)
             self._children[key] = child
         return self._children[key]
+
+    def _values_of(self, feeds: dict[str, np.ndarray], axes: dict[str, int | None]) -> dict[str, np.ndarray]:
+        """The fed values a specialisation writes in: small integer and boolean inputs fed whole to
+        every chunk (a sample rate, a mode flag), which may decide an If that has no gradient rule."""
+        return {name: a for name, a in feeds.items()
+                if axes.get(name) is None and a.dtype.kind in "iub" and a.size <= SMALL_VALUE_ELEMENTS}
 
     def _shapes_of(self, feeds: dict[str, np.ndarray], axes: dict[str, int | None], fix_batch: bool) -> Shapes:
         """The signature of fed arrays: every dim fixed, the batch axes too only with `fix_batch`."""
@@ -104,12 +115,12 @@ class Explainer:
         feeds, axes, _ = self._call
         if key not in self._fixed_batch:
             try:
-                return build(self.specialised(self._shapes_of(feeds, axes, fix_batch=False)))
+                return build(self.specialised(self._shapes_of(feeds, axes, fix_batch=False), self._values_of(feeds, axes)))
             except NeedsShapesError:
                 self._fixed_batch.add(key)
         rows = slice(0, self._call[2])  # the first chunk's shapes: a graph for a batch size that runs
         first = {name: take(a, axes.get(name), rows) for name, a in feeds.items()}
-        graph, session = build(self.specialised(self._shapes_of(first, axes, fix_batch=True)))
+        graph, session = build(self.specialised(self._shapes_of(first, axes, fix_batch=True), self._values_of(first, axes)))
         return graph, _PerBatch(self, build, graph, session, axes)
 
     def _fix_dims_hint(self, exc: NeedsShapesError) -> str:
@@ -279,7 +290,8 @@ class Explainer:
         signature; the batch dim of the shape is None). The batch axis is the one the file names like the input's batch, else axis 0
         when it has the samples' count, else the only axis that has it; None when none can be told."""
         axes = self.batch_axes(feeds) if axes is None else axes
-        key = tuple(sorted((k, tuple(d)) for k, d in self._shapes_of(feeds, axes, fix_batch=False).items()))
+        key = (tuple(sorted((k, tuple(d)) for k, d in self._shapes_of(feeds, axes, fix_batch=False).items())),
+               tuple(sorted((k, v.tobytes()) for k, v in self._values_of(feeds, axes).items())))
         if key not in self._layouts:
             n = _count(feeds, axes)
             k = n if self._file_fixes_batch(axes) else min(n, 2)
@@ -436,7 +448,8 @@ class _PerBatch:
 
     def run(self, names, feeds):
         model_feeds = {k: v for k, v in feeds.items() if k in {s.name for s in self.explainer.inputs}}
-        child = self.explainer.specialised(self.explainer._shapes_of(model_feeds, self.axes, fix_batch=True))
+        ex = self.explainer
+        child = ex.specialised(ex._shapes_of(model_feeds, self.axes, fix_batch=True), ex._values_of(model_feeds, self.axes))
         graph, session = self.build(child)
         pairs = [(self.graph.target_input, graph.target_input), (self.graph.seed_input, graph.seed_input)]
         pairs += [(self.graph.attributions[k], v) for k, v in graph.attributions.items()]

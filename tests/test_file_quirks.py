@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxsal
+from onnxsal.autodiff import GRADIENT, SeedSpec, differentiate
+from onnxsal.errors import NeedsShapesError
+from onnxsal.prepare import lower
 
 
 def _ir3_model() -> onnx.ModelProto:
@@ -35,8 +39,78 @@ def test_ir3_file_with_overlapping_maxpool_differentiates():
     # the same graph at opset 13 (what onnx.version_converter writes) gives the same gradient
     newer = onnx.version_converter.convert_version(model, 13)
     assert np.abs(g - onnxsal.Explainer(newer, providers="cpu").attribute(x, target=5)).max() <= 1e-5 * np.abs(g).max()
+    import onnxruntime as ort
+
     compiled = onnxsal.compile(model, method="gradcam")
-    assert compiled.ir_version == 3
-    used = {i for n in compiled.graph.node for i in n.input}
-    declared = {i.name for i in compiled.graph.input}
-    assert all(t.name in used or t.name in declared for t in compiled.graph.initializer)
+    sess = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+    cam = sess.run([compiled.graph.output[-1].name], {"x": x})[0]
+    assert cam.shape == (1, 1, 16, 16) and np.isfinite(cam).all()
+
+
+def _branching_model(on: str) -> onnx.ModelProto:
+    """y = mean over L of relu(conv(x)), then an If whose branches give different ranks (so both cannot
+    be computed and selected): on the sample rate `sr` (silero-vad v5), or on a dim of a shape
+    (torch.squeeze(dim) exported as If(Shape(h)[2] == 1, Squeeze, Identity))."""
+    rng = np.random.default_rng(0)
+    const = lambda name, v: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(v), name))  # noqa: E731
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3)).astype(np.float32), "W")
+    nodes = [helper.make_node("Conv", ["x", "W"], ["h0"], pads=[1, 1]), helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["p"], axes=[2], keepdims=1)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "L"])]
+    if on == "sr":
+        inputs.append(helper.make_tensor_value_info("sr", TensorProto.INT64, []))
+        nodes += [const("k16", np.int64(16000)), helper.make_node("Equal", ["sr", "k16"], ["cond"])]
+    else:
+        nodes += [helper.make_node("Shape", ["p"], ["shp"]), const("two", np.int64(2)),
+                  helper.make_node("Gather", ["shp", "two"], ["d"], axis=0), const("one", np.int64(1)),
+                  helper.make_node("Equal", ["d", "one"], ["cond"])]
+    then_b = helper.make_graph([const("ax", np.array([2], np.int64)), const("two_f", np.float32(2)),
+                                helper.make_node("Squeeze", ["p", "ax"], ["sq"]), helper.make_node("Mul", ["sq", "two_f"], ["t"])],
+                               "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    else_b = helper.make_graph([const("ax3", np.array([2], np.int64)), helper.make_node("ReduceSum", ["p", "ax3"], ["e"], keepdims=1)],
+                               "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes.append(helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_b, else_branch=else_b))
+    graph = helper.make_graph(nodes, "if", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    model.ir_version = 8
+    return model
+
+
+def _numeric_gradient(model, feeds, seed, h=1e-3):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = feeds["x"].astype(np.float64)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[i] += h
+        down[i] -= h
+        f = [float((sess.run(["y"], {**feeds, "x": v.astype(np.float32)})[0] * seed).sum()) for v in (up, down)]
+        g[i] = (f[0] - f[1]) / (2 * h)
+    return g
+
+
+def test_if_on_an_integer_input_folds_for_the_call():
+    """silero-vad v5 branches on its sample-rate input: the call's value is written into the
+    specialised graph, so the If folds to the branch it takes; another value builds the other."""
+    model = _branching_model("sr")
+    ex = onnxsal.Explainer(model, providers="cpu")
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 3, 6)).astype(np.float32)
+    for sr, seed in ((16000, np.ones((2, 4), np.float32)), (8000, np.ones((2, 4, 1), np.float32))):
+        feeds = {"x": x, "sr": np.array(sr, np.int64)}
+        g = ex.attribute(feeds, wrt="x", target=seed)
+        ref = _numeric_gradient(model, feeds, seed)
+        assert np.abs(g - ref).max() <= 1e-3 * np.abs(ref).max()
+    assert len(ex._children) == 2
+
+
+def test_if_on_a_shape_folds_once_shapes_are_fixed():
+    model = _branching_model("shape")
+    with pytest.raises(NeedsShapesError, match="branch"):
+        differentiate(lower(model, GRADIENT.supports, ["x"], "y"), GRADIENT, wrt=["x"], output="y", seed=SeedSpec("tensor"))
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 5)).astype(np.float32)
+    seed = np.ones((1, 4), np.float32)
+    g = onnxsal.Explainer(model, providers="cpu").attribute(x, target=seed)
+    ref = _numeric_gradient(model, {"x": x}, seed)
+    assert np.abs(g - ref).max() <= 1e-3 * np.abs(ref).max()

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from ..autodiff.graph import GraphView
+from ..autodiff.graph import GraphView, node_inputs
 from ..errors import NeedsShapesError
 from .lower import LowerContext, lowering
 
@@ -372,12 +372,38 @@ def _check_branches(ctx: LowerContext, then_g: onnx.GraphProto, else_g: onnx.Gra
             continue
         why = (f"its branches give output {i} ('{ctx.output(i)}') as {_describe(ta)} and {_describe(tb)}, and both "
                f"branches are computed when the condition is known only at run time")
+        n = ctx.node
+        if fixed_by_the_call(ctx.view, ctx.input(0)):  # the specialised graph takes one branch
+            raise NeedsShapesError(f"If node '{n.name}' lies on the path being differentiated: {why}, and its "
+                                   f"condition depends only on input shapes and integer inputs; fix them "
+                                   f"(input_shapes= / --input-shape) so that it folds.")
         static = ta is not None and tb is not None and all(isinstance(d, int) for d in ta[1] + tb[1])
         if static or (ta is not None and tb is not None and (ta[0] != tb[0] or len(ta[1]) != len(tb[1]))):
             ctx.cannot(why)
-        n = ctx.node  # the shapes may agree once the input shapes are fixed
+        # the shapes may agree once the input shapes are fixed
         raise NeedsShapesError(f"If node '{n.name}' lies on the path being differentiated and cannot be rewritten "
                                f"into differentiable ops: {why}; fix the input shapes (input_shapes= / --input-shape).")
+
+
+def fixed_by_the_call(view: GraphView, name: str) -> bool:
+    """Whether `name` depends on nothing but constants, tensor shapes and integer graph inputs: then
+    the graph specialised on a call's input shapes and small integer inputs holds it as a constant."""
+    stack, seen = [name], set()
+    while stack:
+        v = stack.pop()
+        if not v or v in seen or view.const(v) is not None:
+            continue
+        seen.add(v)
+        if v in view.input_names:
+            if view.is_float(v):
+                return False
+            continue
+        node = view.producer.get(v)
+        if node is None:
+            return False
+        if node.op_type not in ("Shape", "Size"):
+            stack.extend(node_inputs(node))
+    return True
 
 
 def _describe(t) -> str:

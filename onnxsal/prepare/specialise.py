@@ -43,13 +43,16 @@ FOLDABLE = {
 }
 
 
-def specialise(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int | None]]) -> onnx.ModelProto:
+def specialise(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int | None]],
+               values: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """A copy of `model` whose inputs named in `shapes` have those dims (int: fixed, None: left as the
-    file has it; other inputs untouched), with shapes inferred again into value_info and the shape
-    arithmetic and `If`s that became constant folded."""
+    file has it; other inputs untouched) and whose inputs named in `values` are read as those
+    constants (the input stays declared, so the same feeds run it), with shapes inferred again into
+    value_info and the shape arithmetic and `If`s that became constant folded."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     _write_input_dims(fixed.graph, shapes)
+    _write_input_values(fixed.graph, values or {})
     _sort(fixed.graph)
     for _ in range(MAX_ROUNDS):
         infer_into(fixed)
@@ -79,6 +82,22 @@ def _write_input_dims(graph: onnx.GraphProto, shapes: Mapping[str, Sequence[int 
                 raise InvalidInputError(f"dim {i} of input {name!r} is {d.dim_value} in the model, not {want}.")
             d.Clear()
             d.dim_value = int(want)
+
+
+def _write_input_values(graph: onnx.GraphProto, values: Mapping[str, np.ndarray]) -> None:
+    """Every read of each named input (in subgraphs too) redirected to a Constant node of its value."""
+    inputs = {i.name for i in graph.input}
+    taken = _all_names(graph)
+    renamed = {}
+    for name, value in values.items():
+        if name not in inputs:
+            raise InvalidInputError(f"the model has no input named {name!r} to specialise; its inputs are {sorted(inputs)}.")
+        const = _fresh(f"{name}_value", taken)
+        graph.node.insert(0, helper.make_node("Constant", [], [const], name=const,
+                                              value=numpy_helper.from_array(np.asarray(value), const)))
+        renamed[name] = const
+    if renamed:
+        _rename_reads(graph, renamed)
 
 
 def _sort(graph: onnx.GraphProto) -> None:
