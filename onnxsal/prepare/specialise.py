@@ -123,12 +123,19 @@ def _dims(t: onnx.TypeProto) -> list | None:
 def _symbolic_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """onnxruntime's symbolic shape inference, which computes many shapes ONNX's gives up on (it may
     raise, or be missing from a minimal onnxruntime build: then nothing)."""
+    import logging
+
+    quiet = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "Unable to determine if ... treat as equal" warnings are not the user's
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         out = SymbolicShapeInference.infer_shapes(light_copy(model), auto_merge=True, guess_output_rank=True)
     except Exception:
         return {}
+    finally:
+        quiet.setLevel(level)
     if out is None:
         return {}
     return {v.name: v.type for v in list(out.graph.value_info) + list(out.graph.output)}
