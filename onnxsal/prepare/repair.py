@@ -32,7 +32,7 @@ def repair(model: onnx.ModelProto) -> onnx.ModelProto:
         fixed = _inline_functions(fixed)
     _sort_graph(fixed.graph)
     _name_nodes(fixed.graph, set())
-    if _passes_checker(fixed):  # shape inference runs on checked graphs only
+    if _passes_checker(light_copy(fixed)):  # shape inference runs on checked graphs only (the weights are checked on load)
         drop_contradicting_shapes(fixed)
     return fixed
 
