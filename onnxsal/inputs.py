@@ -106,7 +106,8 @@ def batch_axes(feeds: dict[str, np.ndarray], input_specs: list[TensorSpec], expl
 
     Another input shares the batch on the axis that the file names like the explained input's batch
     dim (a state [layers, N, hidden] declared with the same 'N' on axis 1), else on axis 0 when its
-    leading dim has the batch's size and the file does not name it otherwise. Inputs without the batch
+    leading dim has the batch's size and the file does not name it otherwise, nor fix it while leaving the
+    batch free (a mask declared [1, F] runs with every batch size, as the file says). Inputs without the batch
     (a scalar sample rate, a mask shared by all samples, a state whose dims the file leaves unnamed)
     are fed whole to every chunk.
     """
@@ -131,7 +132,8 @@ def batch_axes(feeds: dict[str, np.ndarray], input_specs: list[TensorSpec], expl
                     f"{n} samples there, not {a.shape[axis]} (shape {a.shape})."
                 )
             axes[name] = axis
-        elif a.ndim > 0 and a.shape[0] == n and not (dims and isinstance(dims[0], str) and symbol and dims[0] != symbol):
+        elif a.ndim > 0 and a.shape[0] == n and not (dims and isinstance(dims[0], str) and symbol and dims[0] != symbol) \
+                and not (dims and isinstance(dims[0], int) and dims[0] > 0 and not isinstance(lead, int)):
             axes[name] = 0
         else:
             axes[name] = None

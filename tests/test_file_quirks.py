@@ -114,3 +114,19 @@ def test_if_on_a_shape_folds_once_shapes_are_fixed():
     g = onnxsal.Explainer(model, providers="cpu").attribute(x, target=seed)
     ref = _numeric_gradient(model, {"x": x}, seed)
     assert np.abs(g - ref).max() <= 1e-3 * np.abs(ref).max()
+
+
+def test_broadcast_with_dynamic_shapes_below_opset_13_specialises():
+    """Un-broadcasting with run-time axes needs ReduceSum's axes input (opset 13): older files are
+    specialised on the call's shapes instead."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["m"]), helper.make_node("Mul", ["m", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "F"]),
+                                           helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 4
+    rng = np.random.default_rng(4)
+    x, b = rng.uniform(-1, 1, (2, 3)).astype(np.float32), rng.uniform(-1, 1, (2, 1)).astype(np.float32)
+    g = onnxsal.Explainer(model, providers="cpu").attribute({"x": x, "b": b}, wrt=["x", "b"], target=np.ones((2, 3), np.float32))
+    np.testing.assert_allclose(g["b"][:, 0], (x * x).sum(1), rtol=1e-6)
+    np.testing.assert_allclose(g["x"], 2 * x * b, rtol=1e-6)

@@ -171,6 +171,9 @@ class _Driver:
         if g_rank is None or xs is None:
             raise NeedsShapesError(f"cannot un-broadcast the gradient of {x!r}: its rank is unknown; "
                                    f"fix the input shape (input_shapes= / --input-shape).")
+        if self.e.opset < 13:  # the axes would be known only at run time, and ReduceSum takes them as an input from 13
+            raise NeedsShapesError(f"cannot un-broadcast the gradient of {x!r} below opset 13 while its shape is "
+                                   f"dynamic; fix the input shape (input_shapes= / --input-shape).")
         lead = g_rank - len(xs)
         if lead:
             g = self.e.squeeze(self.e.reduce("ReduceSum", g, list(range(lead)), keepdims=1), list(range(lead)))
@@ -268,7 +271,7 @@ def differentiate(
             graph.output.append(helper.make_tensor_value_info(name, view.elem_type(name) or 0, _shape_for_info(view.shape(name))))
             existing.add(name)
     del graph.value_info[:]  # inferred shapes of the forward graph are not needed and can go stale
-    model_out.ir_version = model.ir_version
+    model_out.ir_version = max(model.ir_version, 4)  # IR 3 lists every initializer as an input; the gradient's constants are not
     del model_out.opset_import[:]
     model_out.opset_import.extend(model.opset_import)
     target = next((i.name for i in new_inputs if i.type.tensor_type.elem_type == onnx.TensorProto.INT64), None)

@@ -81,8 +81,40 @@ class RuleSet:
         return self.lookup(op_type) is not None
 
 
+class NodeAccess:
+    """Reading one forward node (`self.node`) in its graph (`self.view`): what rules and lowerings share."""
+
+    node: onnx.NodeProto
+    view: GraphView
+    emitter: Emitter
+
+    @property
+    def opset(self) -> int:
+        return self.view.opset
+
+    def input(self, i: int) -> str:
+        """Name of input i ('' when absent)."""
+        return self.node.input[i] if i < len(self.node.input) else ""
+
+    def output(self, i: int = 0) -> str:
+        """Name of output i ('' when absent)."""
+        return self.node.output[i] if i < len(self.node.output) else ""
+
+    def attr(self, name: str, default=None):
+        for a in self.node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def const(self, i: int) -> np.ndarray | None:
+        return self.view.const(self.input(i))
+
+    def op(self, op_type: str, inputs, **kw):
+        return self.emitter.op(op_type, inputs, **kw)
+
+
 @dataclass
-class RuleContext:
+class RuleContext(NodeAccess):
     """What a rule sees: the forward node, its graph, the incoming gradients, and an emitter."""
 
     node: onnx.NodeProto
@@ -95,32 +127,12 @@ class RuleContext:
 
     # -- the forward node --------------------------------------------------------------------------
     @property
-    def opset(self) -> int:
-        return self.view.opset
-
-    def input(self, i: int) -> str:
-        """Name of input i ('' when absent)."""
-        return self.node.input[i] if i < len(self.node.input) else ""
-
-    def output(self, i: int = 0) -> str:
-        return self.node.output[i]
-
-    @property
     def x(self) -> str:
         return self.node.input[0]
 
     @property
     def y(self) -> str:
         return self.node.output[0]
-
-    def attr(self, name: str, default=None):
-        for a in self.node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
-
-    def const(self, i: int) -> np.ndarray | None:
-        return self.view.const(self.input(i))
 
     def shape(self, name: str):
         return self.view.shape(name)
@@ -148,8 +160,6 @@ class RuleContext:
     def g(self) -> str | None:
         return self.grads[0]
 
-    def op(self, op_type: str, inputs, **kw):
-        return self.emitter.op(op_type, inputs, **kw)
 
     def scalar(self, value: float, dtype=None) -> str:
         return self.emitter.const(np.asarray(value, dtype=dtype or self.dtype), name="scalar")

@@ -6,6 +6,12 @@
 - "value": a seed value already in the graph (a second backward pass from the same seed).
 Classes lie on axis 1; for outputs with more axes (segmentation) the class's whole map is seeded.
 
+The one-hot is written in the model's own opset, down to 7 (`class_one_hot`): OneHot from opset 9
+(its depth read from the output at run time), before it an Equal of the class index against a
+constant [0, k) of the static class count k, whose Equal and Cast exist at every opset from 7.
+Below opset 9 a class count the file leaves dynamic is a `NeedsShapesError`: the Explainer then
+specialises the model on the call's shapes, which fixes the count when it follows from the input.
+
 The inputs a seed adds declare only what the graph itself guarantees: their rank, and dims left
 free. Files declare output shapes that the model does not return (onnxruntime warns and runs
 them); a seed of the real output's shape must still be fed, so the Explainer checks seeds and
@@ -20,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import UnsupportedModelError
+from ..errors import NeedsShapesError, UnsupportedModelError
 from .emitter import Emitter
 from .graph import GraphView
 
@@ -65,12 +71,41 @@ def emit_seed(e: Emitter, view: GraphView, y: str, spec: SeedSpec) -> tuple[str,
     else:
         scores = e.reduce("ReduceSum", y, list(range(2, rank)), keepdims=0) if rank > 2 else y
         index = e.op("ArgMax", [scores], axis=1, keepdims=0)
-    depth = e.op("Gather", [e.op("Shape", [y]), e.ints([1], name="class_axis")], axis=0)
-    on_off = e.const(np.array([0, 1], dtype=dtype), name="off_on")
-    seed = e.op("OneHot", [index, depth, on_off], axis=-1)
-    if rank > 2:
-        seed = e.op("Expand", [e.unsqueeze(seed, list(range(2, rank))), e.op("Shape", [y])])
-    return seed, new_inputs
+    seed = class_one_hot(e, index, y, shape[1] if isinstance(shape[1], int) and shape[1] > 0 else None, dtype)
+    return spread_over_map(e, seed, y, rank), new_inputs
+
+
+def class_one_hot(e: Emitter, index: str, y: str, n_classes: int | None, dtype) -> str:
+    """One-hot rows [N, k] of the int64 class indices `index` [N] over the k classes on axis 1 of `y`.
+
+    From opset 9 a OneHot node whose depth is read from y at run time (so a file that declares a
+    wrong class count still gets the seed of the output the model returns); before it, where
+    neither OneHot (9) nor Range (11) exists, Equal of the indices against a constant [0, k) of the
+    static class count `n_classes` (O(k) constants, not a k×k identity: recognisers have ~10⁴
+    classes). A count that is only known at run time below opset 9 needs the input shapes fixed."""
+    if e.opset >= 9:
+        depth = e.op("Gather", [e.op("Shape", [y]), e.ints([1], name="class_axis")], axis=0)
+        on_off = e.const(np.array([0, 1], dtype=dtype), name="off_on")
+        return e.op("OneHot", [index, depth, on_off], axis=-1)
+    if n_classes is None:
+        raise NeedsShapesError(
+            f"the seed of output {y!r} needs its class count (axis 1), which the file leaves dynamic, because "
+            f"opset {e.opset} has no OneHot (opset 9) or Range (opset 11) to count the classes at run time; "
+            f"fix the input shape (input_shapes= / --input-shape).")
+    classes = e.const(np.arange(n_classes, dtype=np.int64)[None, :], name="classes")
+    return e.cast(e.op("Equal", [e.unsqueeze(index, [1]), classes]), dtype)
+
+
+def spread_over_map(e: Emitter, seed: str, y: str, rank: int) -> str:
+    """A per-class seed [N, k] repeated over the other axes of a rank-`rank` output `y` (a
+    segmentation map): Expand from opset 8, Tile by y's trailing dims at opset 7."""
+    if rank <= 2:
+        return seed
+    seed = e.unsqueeze(seed, list(range(2, rank)))
+    if e.opset >= 8:
+        return e.op("Expand", [seed, e.op("Shape", [y])])
+    trailing = e.slice(e.op("Shape", [y]), [2], [rank], [0])
+    return e.op("Tile", [seed, e.op("Concat", [e.ints([1, 1], name="class_repeats"), trailing], axis=0)])
 
 
 def _free_dims(shape) -> list:

@@ -6,6 +6,12 @@ once on that stack; its outputs for the clean copy are the graph's outputs, the 
 there, and the gradients of the S copies are reduced to the attribution inside the graph.
 The noise (SmoothGrad) and the nodes and weights (IG) are the same constants the Explainer's
 batched loop uses, so both paths give the same numbers.
+
+The other inputs are stacked as the Explainer batches them (`stacking_axes`, which asks the
+Explainer's own rule, `batch_axes`): an input holding the batch on some axis is tiled S+1 times
+along it (a recurrent state [layers, N, H] along axis 1), one without it (a scalar sample rate, a
+mask shared by every sample) is fed as it is, and one whose leading dim is batched only when it has
+the batch's size is tiled by a repeat count the graph computes from that size at run time.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import onnx
 from onnx import helper
 
 from ..autodiff import SeedSpec, differentiate, rule_set
-from ..errors import InvalidInputError
+from ..autodiff.seeds import class_one_hot, spread_over_map
+from ..errors import InvalidInputError, UnsupportedModelError
+from ..prepare import lower
 from .graphs import AttributionGraph, GraphEditor
 
 
@@ -40,7 +48,9 @@ class Stacked:
         missing = [w for w in wrt if w not in inputs]
         if missing:
             raise InvalidInputError(f"a compiled {prefix} explains model inputs; {missing[0]!r} is not one.")
-        self.stacked = {name: f"{name}/stacked" for name in inputs}
+        self.axes = stacking_axes(explainer, wrt, prefix)
+        stacked = [name for name in inputs if name in wrt or self.axes[name] is not None]
+        self.stacked = {name: f"{name}/stacked" for name in stacked}
         for name, new in self.stacked.items():
             _rename_uses(g, name, new)
         self.outputs = {o.name: f"{o.name}/stacked" for o in g.output}
@@ -51,11 +61,24 @@ class Stacked:
         self.copies = n_copies
         self.explainer = explainer
         self.output = explainer.output
-        e = self.e
-        for name in inputs:
+        self.batch_input = explainer._batch_input(wrt)
+        for name in stacked:
             if name not in wrt:
-                rank = explainer.view.rank(name)
-                e.op("Tile", [name, e.ints([n_copies + 1] + [1] * (rank - 1), name="repeats")], out=self.stacked[name])
+                self._tile(name, self.axes[name])
+
+    def _tile(self, name: str, axis) -> None:
+        """Feed input `name` repeated S+1 times along its batch `axis` ("leading": along axis 0
+        when its leading dim has the batch's size at run time, else once)."""
+        e = self.e
+        rank = self.explainer.view.rank(name)
+        if axis == LEADING:
+            same = e.op("Equal", [e.slice(e.op("Shape", [name]), [0], [1], [0]),
+                                  e.slice(e.op("Shape", [self.batch_input]), [0], [1], [0])])
+            lead = e.op("Add", [e.ints([1], name="one"), e.op("Mul", [e.cast(same, np.int64), e.ints([self.copies], name="more")])])
+            repeats = e.op("Concat", [lead, e.ints([1] * (rank - 1), name="repeats")], axis=0) if rank > 1 else lead
+        else:
+            repeats = e.ints([self.copies + 1 if i == axis else 1 for i in range(rank)], name="repeats")
+        e.op("Tile", [name, repeats], out=self.stacked[name])
 
     def stack(self, name: str, copies: str) -> None:
         """Feed [x ; copies] (copies: [S, N, ...]) to the model in place of input `name`."""
@@ -82,12 +105,10 @@ class Stacked:
             clean = e.block(y, self.copies + 1, 0)
             scores = e.reduce("ReduceSum", clean, list(range(2, rank)), keepdims=0) if rank > 2 else clean
             index = e.op("ArgMax", [scores], axis=1, keepdims=0)
-        depth = e.op("Gather", [e.op("Shape", [y]), e.ints([1], name="class_axis")], axis=0)
-        off_on = e.const(np.array([0, 1], dtype=spec.dtype), name="off_on")
-        seed = e.op("OneHot", [e.op("Tile", [index, repeats]), depth, off_on], axis=-1)
-        if rank > 2:
-            seed = e.op("Expand", [e.unsqueeze(seed, list(range(2, rank))), e.op("Shape", [y])])
-        return seed, new_inputs
+        shape = self.explainer.view.shape(self.output) or spec.shape
+        k = shape[1] if shape is not None and len(shape) > 1 and isinstance(shape[1], int) and shape[1] > 0 else None
+        seed = class_one_hot(e, e.op("Tile", [index, repeats]), y, k, spec.dtype)
+        return spread_over_map(e, seed, y, rank), new_inputs
 
     def differentiate(self, rules: str, softmax: str, wrt: tuple[str, ...], target_kind: str):
         """Gradients of the stacked copies, as {wrt: [S, N, ...] value} (the clean copy dropped)."""
@@ -98,8 +119,9 @@ class Stacked:
         forward = self.ed.finish([])
         forward.graph.input.extend(new_inputs)
         forward.graph.value_info.extend(self._stacked_types(wrt))
-        gg = differentiate(forward, rule_set(rules, softmax), wrt=[self.stacked[w] for w in wrt], output=y,
-                           seed=SeedSpec("value", seed))
+        rs = rule_set(rules, softmax)
+        forward = lower(forward, rs.supports, [self.stacked[w] for w in wrt], y)  # as gradient_graph lowers (GRU, ...)
+        gg = differentiate(forward, rs, wrt=[self.stacked[w] for w in wrt], output=y, seed=SeedSpec("value", seed))
         self.ed = GraphEditor(gg.model, prefix=self.e.prefix)
         self.e = self.ed.e
         e = self.e
@@ -112,16 +134,21 @@ class Stacked:
         return out
 
     def _stacked_types(self, wrt: tuple[str, ...]) -> list[onnx.ValueInfoProto]:
-        """The types of the stacked inputs ([(S+1)·N, *sample shape]): their batch comes out of a
-        Reshape whose shape is computed, and below opset 13 ONNX shape inference then loses even
-        their rank, which the rules downstream need."""
+        """The types of the stacked inputs ([(S+1)·N, *sample shape], the batch on the axis the input
+        holds it): their batch comes out of a Reshape or Tile whose shape is computed, and below
+        opset 13 ONNX shape inference then loses even their rank, which the rules downstream need."""
         view = self.explainer.view
         types = []
-        for w in wrt:
+        for w in self.stacked:
             shape = view.shape(w)
             if shape is None:
                 continue
-            dims = [f"{w}_stacked_batch"] + [d if isinstance(d, int) else None for d in shape[1:]]
+            axis = 0 if w in wrt else self.axes[w]
+            dims = [d if isinstance(d, int) else None for d in shape]
+            if axis == LEADING:
+                dims[0] = None  # tiled or not, as the run-time sizes decide
+            else:
+                dims[axis] = "stacked_batch"  # one name: every stacked batch is (S+1)·N, so rules see them equal
             types.append(helper.make_tensor_value_info(self.stacked[w], view.elem_type(w), dims))
         return types
 
@@ -131,6 +158,39 @@ class Stacked:
             vi = next(v for v in model.graph.output if v.name == name)
             vi.CopyFrom(helper.make_tensor_value_info(name, self.explainer.view.elem_type(w), list(self.explainer.view.shape(w) or [])))
         return AttributionGraph(model, attributions, self.target_input, self.seed_input)
+
+
+LEADING = "leading"  # batched on axis 0 exactly when its leading dim has the batch's size
+_PROBE = 7919  # a batch size no file fixes a dim to, for asking `batch_axes` about declared shapes
+
+
+def stacking_axes(explainer, wrt: tuple[str, ...], prefix: str) -> dict[str, int | str | None]:
+    """For each input not explained, the axis the Explainer batches it on (None: fed whole), as the
+    Explainer's own rule (`Explainer.batch_axes`) decides from the declared shapes.
+
+    The rule looks at fed arrays, which a compiled graph does not have: it is asked twice, on
+    shape-only arrays whose leading dim does and does not have the batch's size. Where the two
+    answers differ, the graph decides at run time (`LEADING`)."""
+    specs = {s.name: s for s in explainer.inputs}
+    symbol = (specs[explainer._batch_input(wrt)].shape or (None,))[0]
+    others = [name for name in specs if name not in wrt]
+    for name in others:
+        if specs[name].shape is None:
+            raise UnsupportedModelError(
+                f"a compiled {prefix} cannot tell whether input {name!r} holds the batch, as the file does not declare "
+                f"its rank; declare its shape in the file, or use Explainer.attribute.")
+
+    def probe(lead: int) -> dict[str, int | None]:
+        feeds = {}
+        for name, spec in specs.items():
+            dims = spec.shape if spec.shape is not None else (None,)
+            shape = [_PROBE if (i == 0 and name not in others) or (isinstance(symbol, str) and d == symbol)
+                     else lead if i == 0 else (d if isinstance(d, int) and d > 0 else 1) for i, d in enumerate(dims)]
+            feeds[name] = np.broadcast_to(np.zeros((), spec.dtype), shape)
+        return explainer.batch_axes(feeds, wrt)
+
+    same, other = probe(_PROBE), probe(_PROBE + 1)
+    return {name: same[name] if same[name] == other[name] else LEADING for name in others}
 
 
 def _per_sample(e, x: str, rank: int, reduce_op: str) -> str:

@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-from onnx import helper
 
 from ..autodiff import GRADIENT, differentiable_path
 from ..autodiff.emitter import Emitter
+from ..autodiff.registry import NodeAccess
 from ..autodiff.graph import GraphView
 from ..errors import UnsupportedModelError
 from . import functions
@@ -48,34 +47,12 @@ class CannotLower(Exception):
 
 
 @dataclass
-class LowerContext:
+class LowerContext(NodeAccess):
     """What a lowering sees: the node, the graph view (shapes, constants) and an emitter."""
 
     node: onnx.NodeProto
     view: GraphView
     emitter: Emitter
-
-    @property
-    def opset(self) -> int:
-        return self.view.opset
-
-    def input(self, i: int) -> str:
-        return self.node.input[i] if i < len(self.node.input) else ""
-
-    def output(self, i: int = 0) -> str:
-        return self.node.output[i] if i < len(self.node.output) else ""
-
-    def attr(self, name: str, default=None):
-        for a in self.node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
-
-    def const(self, i: int) -> np.ndarray | None:
-        return self.view.const(self.input(i))
-
-    def op(self, op_type: str, inputs, **kw):
-        return self.emitter.op(op_type, inputs, **kw)
 
     def cannot(self, why: str):
         raise CannotLower(why)
