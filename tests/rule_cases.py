@@ -968,3 +968,10 @@ case("If", "constant-cond", [C(np.array([False])), O(2, 3), O(2, 3)], attrs=_IF,
 case("If", "opset11-second-output", [F(sample=fixed(1.0), dtype=_BOOL), O(2, 3), O(2, 3)], attrs=_IF, n_out=2,
      explain=1, opset=11)
 # (end of the recurrent/control-flow section)
+
+# Issue 12, broadcasting back below opset 8 (Tile instead of Expand: paddle2onnx writes opset 7) ----------
+case("ReduceMean", "opset7-keep", [W(2, 3, 4)], attrs={"axes": [1]}, opset=7)
+case("ReduceMean", "opset7-nokeep-dynamic", [W(2, 3, 4)], attrs={"axes": [2], "keepdims": 0}, opset=7, dynamic=True)
+case("ReduceSum", "opset7-all", [W(2, 3, 4)], attrs={"keepdims": 0}, opset=7)
+case("ReduceLogSum", "opset7-axis", [W(2, 3, 4, sample=positive())], attrs={"axes": [1]}, opset=7)
+case("GlobalAveragePool", "opset7-dynamic", [W(2, 3, 4, 5)], opset=7, dynamic=True)

@@ -168,6 +168,13 @@ class Emitter:
             return self.op("Pad", [x, self.ints(pads, name="pads")], mode="constant")
         return self.op("Pad", [x], mode="constant", pads=list(pads))
 
+    def expand_like(self, x: str, like: str) -> str:
+        """`x` broadcast to the run-time shape of `like` (same rank, 1s where it spreads): Expand from
+        opset 8, Tile by Shape(like) / Shape(x) before."""
+        if self.opset >= 8:
+            return self.op("Expand", [x, self.op("Shape", [like])])
+        return self.op("Tile", [x, self.op("Div", [self.op("Shape", [like]), self.op("Shape", [x])])])
+
     def reshape_like(self, x: str, like: str) -> str:
         return self.op("Reshape", [x, self.op("Shape", [like])])
 

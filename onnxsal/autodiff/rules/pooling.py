@@ -254,12 +254,12 @@ def average_pool(ctx: RuleContext, g):
 def global_average_pool(ctx: RuleContext, g):
     x = ctx.x
     e = ctx.emitter
-    spread = ctx.op("Expand", [g, e.op("Shape", [x])])
+    spread = e.expand_like(g, x)
     xs = ctx.shape(x)
     if xs is not None and all(isinstance(d, int) for d in xs[2:]):
         return [ctx.op("Mul", [spread, ctx.scalar(1.0 / float(np.prod(xs[2:])))])]
     rank = ctx.rank(x)
-    area = e.reduce("ReduceProd", e.op("Slice", [e.op("Shape", [x]), e.ints([2]), e.ints([rank])]), [0], keepdims=0)
+    area = e.reduce("ReduceProd", e.slice(e.op("Shape", [x]), [2], [rank], [0]), [0], keepdims=0)
     return [ctx.op("Div", [spread, ctx.op("Cast", [area], to=ctx.view.elem_type(x))])]
 
 

@@ -42,7 +42,7 @@ def _spread(ctx: RuleContext, g: str, axes: list[int]) -> str:
     """g broadcast back over the reduced axes to x's shape."""
     if not ctx.attr("keepdims", 1):
         g = ctx.emitter.unsqueeze(g, axes)
-    return ctx.op("Expand", [g, ctx.op("Shape", [ctx.x])])
+    return ctx.emitter.expand_like(g, ctx.x)
 
 
 @rule("ReduceSum")
@@ -126,7 +126,7 @@ def reduce_log_sum(ctx: RuleContext, g):
     """g / sum(x), the sum recomputed (exact, where exp(y) would round)."""
     axes = reduced_axes(ctx)
     total = ctx.emitter.reduce("ReduceSum", ctx.x, axes, keepdims=1)
-    return [ctx.op("Expand", [ctx.op("Div", [_kept(ctx, g, axes), total]), ctx.op("Shape", [ctx.x])]), None]
+    return [ctx.emitter.expand_like(ctx.op("Div", [_kept(ctx, g, axes), total]), ctx.x), None]
 
 
 @rule("ReduceProd")
@@ -151,7 +151,7 @@ def reduce_prod(ctx: RuleContext, g):
         partial = ctx.emitter.reduce("ReduceProd", partial, [a], keepdims=1)
     if others == g:  # every reduced axis has size 1: y = x
         return [g, None]
-    return [ctx.op("Expand", [others, ctx.op("Shape", [ctx.x])]), None]
+    return [ctx.emitter.expand_like(others, ctx.x), None]
 
 
 def _exclusive_product(ctx: RuleContext, t: str, axis: int, size: int, rank: int) -> str:
