@@ -130,3 +130,28 @@ def test_broadcast_with_dynamic_shapes_below_opset_13_specialises():
     g = onnxsal.Explainer(model, providers="cpu").attribute({"x": x, "b": b}, wrt=["x", "b"], target=np.ones((2, 3), np.float32))
     np.testing.assert_allclose(g["b"][:, 0], (x * x).sum(1), rtol=1e-6)
     np.testing.assert_allclose(g["x"], 2 * x * b, rtol=1e-6)
+
+
+def test_sequence_output_with_classes_on_the_last_axis_asks_for_a_seed():
+    """A PP-OCR recogniser returns Softmax(logits, axis=-1) of shape [N, T, C]: the classes are on axis
+    2, so "the top class on axis 1" would pick a time step by float rounding (the summed softmax is 1
+    at every t). Refused with one sentence; a seed tensor explains what it says."""
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["logits"]), helper.make_node("Softmax", ["logits"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "rec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 5])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    ex = onnxsal.Explainer(model, providers="cpu")
+    x = rng.uniform(-1, 1, (1, 6, 4)).astype(np.float32)
+    for target in (None, 3):
+        with pytest.raises(onnxsal.UnsupportedModelError, match="axis 2") as info:
+            ex.attribute(x, target=target)
+        assert "\n" not in str(info.value)
+    seed = np.zeros((1, 6, 5), np.float32)
+    seed[0, 2, 3] = 1  # class 3 at time step 2, from the logits (softmax as identity)
+    g = ex.attribute(x, target=seed)
+    expected = np.zeros_like(x)
+    expected[0, 2] = numpy_helper.to_array(w)[:, 3]
+    np.testing.assert_allclose(g, expected, rtol=1e-6)

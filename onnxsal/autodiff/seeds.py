@@ -63,6 +63,12 @@ def emit_seed(e: Emitter, view: GraphView, y: str, spec: SeedSpec) -> tuple[str,
         raise UnsupportedModelError(
             f"output {y!r} has rank {rank}, so it has no class axis; feed a seed tensor instead of a target."
         )
+    axis = softmax_axis(view, y)
+    if axis is not None and axis != 1:
+        raise UnsupportedModelError(
+            f"the classes of output {y!r} lie on axis {axis} (the axis its {view.producer[y].op_type} normalises), "
+            f"not on axis 1, so a class index or the top class does not say which positions to explain; "
+            f"feed a seed tensor of the output's shape instead.")
     new_inputs: list[onnx.ValueInfoProto] = []
     if spec.kind == "target":
         index = e.fresh("target")
@@ -106,6 +112,20 @@ def spread_over_map(e: Emitter, seed: str, y: str, rank: int) -> str:
         return e.op("Expand", [seed, e.op("Shape", [y])])
     trailing = e.slice(e.op("Shape", [y]), [2], [rank], [0])
     return e.op("Tile", [seed, e.op("Concat", [e.ints([1, 1], name="class_repeats"), trailing], axis=0)])
+
+
+def softmax_axis(view: GraphView, y: str) -> int | None:
+    """The axis a (Log)Softmax that produces `y` (through Identity, Cast or Dropout) normalises, else None:
+    a sequence recogniser's [N, T, C] holds its classes on axis 2, where "top class" means nothing on axis 1."""
+    node = view.producer.get(y)
+    while node is not None and node.op_type in ("Identity", "Cast", "Dropout"):
+        node = view.producer.get(node.input[0])
+    rank = view.rank(y)
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or rank is None or rank <= 2:
+        return None
+    default = -1 if view.opset >= 13 else 1
+    axis = next((a.i for a in node.attribute if a.name == "axis"), default)
+    return axis % rank
 
 
 def _free_dims(shape) -> list:
