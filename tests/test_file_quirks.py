@@ -155,3 +155,22 @@ def test_sequence_output_with_classes_on_the_last_axis_asks_for_a_seed():
     expected = np.zeros_like(x)
     expected[0, 2] = numpy_helper.to_array(w)[:, 3]
     np.testing.assert_allclose(g, expected, rtol=1e-6)
+
+
+def test_slice_on_a_dynamic_axis_at_opset_7():
+    """paddle2onnx's PP-OCRv5 recogniser (opset 7) slices an axis the file leaves dynamic; opset 7 has no
+    Range for a run-time position map, so the graph is specialised on the call's shapes instead."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((4, 5)).astype(np.float32)
+    nodes = [helper.make_node("Slice", ["x"], ["s3"], starts=[2], ends=[3], axes=[1]),
+             helper.make_node("ReduceSum", ["s3"], ["s"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["s", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "op7", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "L", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 4
+    x = rng.uniform(-1, 1, (1, 6, 4)).astype(np.float32)
+    g = onnxsal.Explainer(model, providers="cpu").attribute(x, target=2)
+    expected = np.zeros_like(x)
+    expected[0, 2] = w[:, 2]  # softmax as identity: d z_2 / d x[0, 2, :]
+    np.testing.assert_allclose(g, expected, rtol=1e-6)

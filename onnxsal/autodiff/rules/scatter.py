@@ -41,6 +41,11 @@ def scatter_flat(ctx: RuleContext, x: str, flat_indices: str, g: str, repeats: b
 def index_map(ctx: RuleContext, x: str) -> str:
     """An int64 tensor shaped like x whose entries are their own flat positions."""
     e = ctx.emitter
+    if ctx.opset < 11:  # no Range: a constant map of the static shape (opset-7..10 files are small)
+        shape = ctx.view.static_shape(x)
+        if shape is None:
+            ctx.needs_shapes(f"below opset 11 (no Range) the positions of '{x}' need its static shape")
+        return e.const(np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape), name="positions")
     size = e.op("Size", [x])
     positions = e.op("Range", [e.const(0, dtype="int64", name="zero"), size, e.const(1, dtype="int64", name="one")])
     return e.reshape_like(positions, x)
