@@ -78,6 +78,19 @@ def _he_scale(model) -> None:
             shape = tuple(var.shape)
             fan_in = int(np.prod(shape[:-1])) if attr == "kernel" else int(np.prod(shape[:2]))
             var.assign(rng.normal(0.0, np.sqrt(2.0 / fan_in), shape).astype(np.float32))
+        _nontrivial_batchnorm(layer, rng)
+
+
+def _nontrivial_batchnorm(layer, rng) -> None:
+    """BatchNormalization statistics as a trained net has them, not Keras' zeros and ones: with zero
+    shifts, dead regions give pre-activations of exactly 0, a kink where frameworks' conventions
+    differ (Keras' ReLU(6) passes the gradient at 0, PyTorch's ReLU6 and onnxsal do not)."""
+    for attr, draw in (("gamma", lambda n: rng.uniform(0.5, 1.5, n)), ("beta", lambda n: rng.normal(0.0, 0.1, n)),
+                       ("moving_mean", lambda n: rng.normal(0.0, 0.1, n)),
+                       ("moving_variance", lambda n: rng.uniform(0.5, 1.5, n))):
+        var = getattr(layer, attr, None)
+        if var is not None and type(layer).__name__ == "BatchNormalization":
+            var.assign(draw(tuple(var.shape)).astype(np.float32))
 
 
 def _reference32(model, x: np.ndarray) -> np.ndarray:
