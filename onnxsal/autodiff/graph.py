@@ -71,6 +71,17 @@ def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
     return reads - defined
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The subgraphs a node's attributes hold (If branches, Loop/Scan bodies)."""
+    out: list[onnx.GraphProto] = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
 def node_inputs(node: onnx.NodeProto) -> list[str]:
     """Explicit inputs plus the outer values a control-flow node's subgraphs read."""
     names = [x for x in node.input if x]

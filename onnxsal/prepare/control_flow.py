@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from ..autodiff.graph import GraphView, node_inputs
+from ..autodiff.graph import GraphView, node_inputs, subgraphs
 from ..errors import NeedsShapesError
 from .lower import LowerContext, lowering
 
@@ -47,19 +47,9 @@ def _names_in(graph: onnx.GraphProto) -> set[str]:
     names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
     for n in graph.node:
         names.update(x for x in list(n.input) + list(n.output) if x)
-        for sub in _subgraphs(n):
+        for sub in subgraphs(n):
             names |= _names_in(sub)
     return names
-
-
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    out = []
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            out.append(a.g)
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            out.extend(a.graphs)
-    return out
 
 
 def _rename_reads(graph: onnx.GraphProto, rename: dict[str, str]) -> onnx.GraphProto:
@@ -464,6 +454,6 @@ def _uses(graph: onnx.GraphProto) -> set[str]:
     reads = {o.name for o in graph.output}
     for n in graph.node:
         reads.update(x for x in n.input if x)
-        for sub in _subgraphs(n):
+        for sub in subgraphs(n):
             reads |= _uses(sub) - _defined(sub)
     return reads

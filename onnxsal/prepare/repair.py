@@ -15,7 +15,7 @@ import onnx
 import onnx.inliner
 from onnx import helper, shape_inference
 
-from ..autodiff.graph import node_inputs, topological_order
+from ..autodiff.graph import node_inputs, subgraphs, topological_order
 from ..errors import OnnxsalError
 
 SMALL_INITIALIZER = 4096  # initializers up to this many elements take part in shape inference
@@ -46,14 +46,6 @@ def _inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _subgraphs(node: onnx.NodeProto):
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            yield a.g
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            yield from a.graphs
-
-
 def _is_sorted(graph: onnx.GraphProto) -> bool:
     """Whether every value a node reads that some node of this graph produces is produced before."""
     produced = {o for n in graph.node for o in n.output if o}
@@ -68,7 +60,7 @@ def _is_sorted(graph: onnx.GraphProto) -> bool:
 def _sort_graph(graph: onnx.GraphProto) -> None:
     """Put the nodes of `graph` and of its subgraphs in topological order; a cycle is left as it is."""
     for n in graph.node:
-        for sub in _subgraphs(n):
+        for sub in subgraphs(n):
             _sort_graph(sub)
     if _is_sorted(graph):
         return
@@ -94,7 +86,7 @@ def _name_nodes(graph: onnx.GraphProto, seen: set[str]) -> None:
             k += 1
         n.name = name
         seen.add(name)
-        for sub in _subgraphs(n):
+        for sub in subgraphs(n):
             _name_nodes(sub, seen)
 
 
