@@ -183,7 +183,7 @@ class Explainer:
         m = _methods.get(method)
         if m.build is None:
             raise InvalidInputError(f"method {method!r} is not one graph run; graph methods: {_methods.compilable()}.")
-        key = ("method", method, target_kind, softmax, self._wrt(wrt), tuple(sorted(options.items())))
+        key = ("method", method, target_kind, softmax, self._wrt(wrt), freeze(options))
         if key in self._needs_shapes:
             if self._call is None:
                 raise self._needs_shapes[key]
@@ -459,6 +459,21 @@ class _PerBatch:
 
     def get_providers(self):
         return self.session.get_providers()
+
+
+def freeze(value):
+    """A hashable, value-equal stand-in for a method option (dicts, lists and arrays included), for cache keys."""
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("seq",) + tuple(freeze(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    try:
+        hash(value)
+    except TypeError:
+        return ("object", id(value))
+    return value
 
 
 def _count(feeds: dict[str, np.ndarray], axes: dict[str, int | None]) -> int:

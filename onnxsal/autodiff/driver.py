@@ -288,3 +288,10 @@ def _shape_for_info(shape: Shape | None):
 def differentiable_path(view: GraphView, rules: RuleSet, wrt: list[str], output: str, check_rules: bool = True) -> list[onnx.NodeProto]:
     """The nodes on a path from `wrt` to `output`, checked as `differentiate` checks them."""
     return _Driver(view, rules).path(wrt, output, check_rules)
+
+
+def live_path(view: GraphView, rules: RuleSet, wrt: list[str], output: str) -> tuple[list[onnx.NodeProto], set[str]]:
+    """The nodes on the path and the values that depend differentiably on `wrt` (what a rule's
+    `wants` is made of): for assigning rules to nodes before differentiating."""
+    drv = _Driver(view, rules)
+    return drv.path(wrt, output), drv.live

@@ -216,6 +216,13 @@ class GraphView:
             self._const_cache[name] = value
         return value
 
+    def know(self, name: str, value: np.ndarray) -> None:
+        """Record a constant emitted after the view was built (a modified weight for LRP), so that
+        rules read it as they read the forward graph's own constants."""
+        self._const_cache[name] = value
+        self.types[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
+        self.shapes[name] = tuple(value.shape)
+
     def is_float(self, name: str) -> bool:
         return self.types.get(name) in FLOAT_TYPES
 

@@ -62,3 +62,5 @@ def get(name: str) -> Method:
 
 
 from . import gradients, gradcam, integrated_gradients, smoothgrad  # noqa: E402,F401  (register the methods)
+# further method modules register themselves here, one import line each:
+from . import lrp  # noqa: E402,F401
