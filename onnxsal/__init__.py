@@ -10,6 +10,7 @@ from .errors import (
     ConversionError, InvalidInputError, ModelLoadError, ModelRunError, OnnxsalError, ProviderError, UnsupportedModelError,
 )
 from .explainer import Explainer, compile
+from . import evaluate  # noqa: E402  onnxsal.evaluate(...): the package is callable (see onnxsal/evaluate/__init__.py)
 
 __version__ = "0.1.0"
 

@@ -126,6 +126,60 @@ def explain(model, images, method, target, preset, size, softmax, batch_size, cm
         raise SystemExit(1)
 
 
+def _per_name_options(pairs: tuple[str, ...]) -> tuple[dict, dict]:
+    """NAME.KEY=VALUE options as (method options, metric options) by NAME."""
+    from .evaluate import METRICS
+
+    by_method, by_metric = {}, {}
+    for key, value in _options(pairs).items():
+        name, sep, option = key.partition(".")
+        if not sep or not option:
+            raise click.BadParameter(f"expected METHOD.KEY=VALUE or METRIC.KEY=VALUE, not {key!r}", param_hint="--option")
+        (by_metric if name in METRICS else by_method).setdefault(name, {})[option] = value
+    return by_method, by_metric
+
+
+@cli.command("evaluate")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1)
+@click.option("--methods", "methods_", default="gradient,guided_backprop,smoothgrad,integrated_gradients,gradcam",
+              show_default=True, help="Comma-separated attribution methods to compare.")
+@click.option("--metrics", default="deletion,insertion,morf,lerf,infidelity,sensitivity", show_default=True,
+              help="Comma-separated metrics.")
+@click.option("-t", "--target", type=int, default=None, help="Class to explain (default: each image's top class).")
+@click.option("-p", "--preprocess", "preset", default="auto", show_default=True,
+              type=click.Choice(["auto", "imagenet", "keras", "caffe", "unit", "raw"]),
+              help="auto: what the model's metadata says, else [0, 1].")
+@click.option("--size", default=None, help="HxW to resize to, when the model's input size is not fixed.")
+@click.option("--score", type=click.Choice(["probability", "softmax", "raw"]), default="probability", show_default=True,
+              help="What the curves follow: the class probability (softmax applied unless the model has one) or the raw output.")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1), help="Points on each curve, minus one.")
+@click.option("--sanity", is_flag=True, help="Also run the model-parameter randomisation check of each method.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--per-eval", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Perturbed copies per forward run.")
+@click.option("--option", "option", multiple=True,
+              help="METHOD.KEY=VALUE or METRIC.KEY=VALUE (e.g. smoothgrad.n_samples=25, morf.patch=4).")
+@click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+def evaluate_cmd(model, images, methods_, metrics, target, preset, size, score, steps, sanity, seed, batch_size,
+                 per_eval, option, providers, out_dir):
+    """Compare attribution methods on IMAGES (files or folders): writes a table, JSON and curve plots to --out."""
+    from .evaluate import evaluate_images
+
+    method_options, metric_options = _per_name_options(option)
+    result = evaluate_images(model, list(images), methods_, metrics, target=target, preset=preset, size=_size(size),
+                             providers=providers, score=score, steps=steps, sanity=sanity, seed=seed,
+                             batch_size=batch_size, per_eval=per_eval, method_options=method_options,
+                             metric_options=metric_options)
+    written = result.save(out_dir)
+    click.echo(result.table("text"), nl=False)
+    for path, why in result.skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
 @cli.command()
 def methods():
     """List the attribution methods and their options."""
