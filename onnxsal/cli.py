@@ -51,13 +51,14 @@ def _input_shapes(values: tuple[str, ...]):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--output", "output", default=None, help="The output to explain (default: the first).")
 @click.option("--input-shape", "input_shape", multiple=True, help=INPUT_SHAPE_HELP)
-def inspect(model: str, as_json: bool, output: str | None, input_shape: tuple[str, ...]):
+@click.option("--composite", default=None, help="Also list the LRP rule each node gets under this composite (e.g. EpsilonPlusFlat).")
+def inspect(model: str, as_json: bool, output: str | None, input_shape: tuple[str, ...], composite: str | None):
     """Show MODEL's inputs, ops, gradient coverage, rectifiers, softmax head and Grad-CAM layers."""
     import json
 
     from .inspection import format_report, inspect_model
 
-    report = inspect_model(model, output=output, input_shapes=_input_shapes(input_shape))
+    report = inspect_model(model, output=output, input_shapes=_input_shapes(input_shape), composite=composite)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 

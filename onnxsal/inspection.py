@@ -39,15 +39,21 @@ class Report:
     gradcam_layers: list[dict] = field(default_factory=list)
     gradcam_default: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    composite: str | None = None  # with inspect_model(composite=...): the LRP rule of each node on the path
+    lrp_rules: list[dict] = field(default_factory=list)
+    canonized: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def inspect_model(model, output: str | None = None, wrt: str | None = None, input_shapes=None) -> Report:
+def inspect_model(model, output: str | None = None, wrt: str | None = None, input_shapes=None,
+                  composite=None) -> Report:
     """Analyse a model (path, bytes or ModelProto) for attribution; never raises for an unsupported
     graph, it reports it (a file that is not a valid model still raises ModelLoadError). With
-    `input_shapes` the model is analysed specialised on them (see `Explainer.specialised`)."""
+    `input_shapes` the model is analysed specialised on them (see `Explainer.specialised`); with
+    `composite` (a name or mapping, see `onnxsal.relevance.composites`) the report lists the LRP
+    rule each node on the path gets and what the canonizers rewrote."""
     ex = Explainer(model, providers="cpu", output=output)
     if input_shapes is not None:
         ex = ex.specialised(input_shapes)
@@ -107,6 +113,13 @@ def inspect_model(model, output: str | None = None, wrt: str | None = None, inpu
         for m in maps
     ]
     report.gradcam_default = resolve_layer(view, maps, None).value if maps else None
+    if composite is not None and report.differentiable:
+        from .relevance.composites import resolve
+        from .relevance.propagate import rule_table
+
+        comp = resolve(composite)
+        report.composite = comp.name
+        report.lrp_rules, report.canonized = rule_table(ex.model, comp, [x], ex.output)
     return report
 
 
@@ -215,4 +228,9 @@ def format_report(r: Report, max_rows: int = 8) -> str:
         lines.append(f"  {m['value']}  {m['op']} {m['shape']} {m['layout']}")
     for k, v in r.metadata.items():
         lines.append(f"metadata {k}: {v}")
+    if r.composite:
+        counts = Counter(row["rule"] for row in r.lrp_rules)
+        lines.append(f"LRP rules of {r.composite}: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+        lines += [f"  canonized: {note}" for note in r.canonized]
+        lines += [f"  {row['node']}  {row['op_type']} ({row['kind']}): {row['rule']}  [{row['by']}]" for row in r.lrp_rules]
     return "\n".join(lines)
