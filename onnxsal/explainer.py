@@ -406,7 +406,7 @@ class Explainer:
         _methods.check_options(m, options)
         base = _methods.get(options["base"]) if isinstance(options.get("base"), str) else m
         note = None
-        if "layer" not in _methods.options(base):  # layer methods start at an inner tensor, checked when it is chosen
+        if "layer" not in _methods.options(base) and not m.gradient_free:  # layer methods start at an inner tensor, checked when it is chosen
             differentiable_path(self.view, GRADIENT, list(self._wrt(None)), self.output)
             if any(s.shape is None or not all(isinstance(d, int) for d in s.shape[1:]) for s in self.inputs):
                 try:

@@ -19,11 +19,15 @@ from .runtime import run
 
 def forward_batches(explainer, make_chunk: Callable[[np.ndarray], dict[str, np.ndarray]], total: int,
                     per_eval: int | None = None, output: str | None = None, progress: bool | None = None,
-                    desc: str = "") -> np.ndarray:
+                    desc: str = "", session=None,
+                    reduce: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """The explained output (or `output`) for `total` copies, concatenated along axis 0.
 
     `make_chunk(idx)` returns the model's feeds for copies `idx` (an int array, in order); it is
-    called once per chunk of at most `per_eval` copies (all at once when None)."""
+    called once per chunk of at most `per_eval` copies (all at once when None). `session` runs the
+    chunks instead of the model's forward session (one that also returns an inner value, such as
+    the logits under a softmax); `reduce(idx, out)`, when given, shrinks each chunk's output before
+    it is kept (to the target's score, say), so only that is held for all copies."""
     if total < 1:
         raise InvalidInputError("there are no perturbed copies to run.")
     step = total if per_eval is None else int(per_eval)
@@ -37,5 +41,10 @@ def forward_batches(explainer, make_chunk: Callable[[np.ndarray], dict[str, np.n
 
         chunks = tqdm(chunks, desc=desc or "forward passes", unit="batch", leave=False)
     name = output or explainer.output
-    parts = [run(explainer.forward_session, [name], make_chunk(np.arange(lo, min(lo + step, total))))[0] for lo in chunks]
+    session = explainer.forward_session if session is None else session
+    parts = []
+    for lo in chunks:
+        idx = np.arange(lo, min(lo + step, total))
+        out = run(session, [name], make_chunk(idx))[0]
+        parts.append(out if reduce is None else reduce(idx, out))
     return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]

@@ -25,7 +25,8 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 OLD_OPSETS = (9, 10, 11, 12)
-SMALL_OPTIONS = {"smoothgrad": {"n_samples": 3}, "integrated_gradients": {"n_steps": 4}}
+SMALL_OPTIONS = {"smoothgrad": {"n_samples": 3}, "integrated_gradients": {"n_steps": 4},
+                 "occlusion": {"sliding_window_shapes": (8, 8), "strides": 8}, "rise": {"n_masks": 8, "grid_size": 4}}
 # every compilable method, plus the variants whose graphs differ: nearest upsampling, a modifier
 CASES = [(m, SMALL_OPTIONS.get(m, {}), None) for m in compilable()] + [
     ("gradcam", {"interpolation": "nearest"}, None),

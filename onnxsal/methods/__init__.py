@@ -21,6 +21,7 @@ class Method:
     build: Callable | None  # (explainer, target_kind, softmax, wrt, **options) -> AttributionGraph
     attribute: Callable | None = None  # (explainer, feeds, target, softmax, wrt, batch_size, **options) -> dict
     summary: str = ""
+    gradient_free: bool = False  # runs forward passes only: no gradient path is needed (quantized models work)
 
 
 _METHODS: dict[str, Method] = {}
@@ -63,4 +64,5 @@ def get(name: str) -> Method:
 
 from . import gradients, gradcam, integrated_gradients, smoothgrad  # noqa: E402,F401  (register the methods)
 # further method modules register themselves here, one import line each:
+from . import perturbation  # noqa: E402,F401
 from . import lrp  # noqa: E402,F401
