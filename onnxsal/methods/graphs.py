@@ -12,7 +12,7 @@ import onnx
 from onnx import helper
 
 from ..autodiff.emitter import Emitter
-from ..autodiff.graph import default_opset
+from ..autodiff.graph import default_opset, topological_order
 
 
 @dataclass
@@ -59,6 +59,10 @@ class GraphEditor:
             infos.append(vi)
         g.node.extend(self.e.nodes)
         g.initializer.extend(self.e.used_initializers([vi.name for vi in infos]))
+        # emitted nodes may feed the model's own (inputs stacked in the graph): keep the order valid
+        ordered = topological_order(list(g.node), {i.name for i in g.input} | {t.name for t in g.initializer})
+        del g.node[:]
+        g.node.extend(ordered)
         kept = [o for o in g.output if o.name not in drop]
         del g.output[:]
         g.output.extend(kept)
