@@ -64,5 +64,6 @@ def get(name: str) -> Method:
 
 from . import gradients, gradcam, integrated_gradients, smoothgrad  # noqa: E402,F401  (register the methods)
 # further method modules register themselves here, one import line each:
+from . import deeplift  # noqa: E402,F401
 from . import perturbation  # noqa: E402,F401
 from . import lrp  # noqa: E402,F401
