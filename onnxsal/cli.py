@@ -16,7 +16,7 @@ def cli():
 
 
 @cli.command()
-@click.option("--out", "out_dir", default="onnxsal-demo", show_default=True, help="Folder for the figures.")
+@click.option("-o", "--out", "out_dir", default="onnxsal-demo", show_default=True, help="Folder for the figures.")
 @click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda.")
 def demo(out_dir: str, providers: str):
     """Explain the bundled MNIST model on bundled digits and write the keras-vis style figures."""
@@ -105,15 +105,21 @@ def _options(pairs: tuple[str, ...]) -> dict:
 @click.option("--resume", is_flag=True, help="Skip images whose outputs already exist.")
 @click.option("--option", "option", multiple=True, help="Method option KEY=VALUE (e.g. n_samples=25, layer=NAME).")
 @click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="Where built graphs are kept between runs (default: $ONNXSAL_CACHE_DIR or ~/.cache/onnxsal).")
+@click.option("--no-cache", is_flag=True, help="Build the graph afresh and keep nothing.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def explain(model, images, method, target, preset, size, softmax, batch_size, cmap, modifier, resume, option, providers,
-            out_dir):
-    """Explain IMAGES (files or folders) with MODEL: writes PNG overlays and .npy maps to --out."""
+            cache_dir, no_cache, out_dir):
+    """Explain IMAGES (files or folders) with MODEL: writes PNG overlays and .npy maps to --out.
+
+    The attribution graph is kept in a cache, so the next run on the same model and options starts
+    without building it (graph methods that are one run: gradient, guided_backprop, gradcam, lrp, ...)."""
     from .batch import explain_images
 
     results = explain_images(model, images, out_dir, method=method, target=target, preset=preset, size=_size(size),
                              softmax=softmax, batch_size=batch_size, providers=providers, resume=resume, cmap=cmap,
-                             modifier=modifier, **_options(option))
+                             modifier=modifier, cache=False if no_cache else (cache_dir or True), **_options(option))
     failed = [r for r in results if r.error]
     for r in results:
         if r.error:
@@ -205,7 +211,7 @@ def methods():
               help="keras-vis gradient modifier applied to the attribution.")
 @click.option("--option", "option", multiple=True, help="Method option KEY=VALUE (e.g. n_samples=25, layer=NAME).")
 @click.option("--input-shape", "input_shape", multiple=True, help=INPUT_SHAPE_HELP)
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the graph.")
+@click.option("-o", "--out", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the graph.")
 def compile_cmd(model: str, method: str, target: str, softmax: str, modifier: str | None, option, input_shape, out: str):
     """Write the standalone attribution graph of MODEL (any ONNX Runtime can run it).
 
@@ -221,7 +227,7 @@ def compile_cmd(model: str, method: str, target: str, softmax: str, modifier: st
 
 @cli.command("convert")
 @click.argument("source", type=click.Path())
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
+@click.option("-o", "--out", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
 @click.option("--input-shape", default=None,
               help="Input shape such as 1,3,224,224 where the source does not fix it (';' between several inputs).")
 @click.option("--preprocess", type=click.Choice(["imagenet", "keras", "caffe", "unit", "raw"]), default=None,

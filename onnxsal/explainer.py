@@ -232,7 +232,18 @@ class Explainer:
         result.update(zip(names or [], joined[len(graph.attributions):]))
         return result
 
-    def _session(self, model: onnx.ModelProto):
+    def graph_session(self, model: onnx.ModelProto, save_optimised=None):
+        """A session for a built (or compiled) graph on this Explainer's providers; with
+        `save_optimised` (a path), ONNX Runtime also writes the graph it optimised there."""
+        if save_optimised is None:
+            return self._session(model)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(save_optimised)
+        return self._session(model, options)
+
+    def _session(self, model: onnx.ModelProto, options=None):
         """A session for a built graph, loaded with the forward outputs' declared sizes left out:
         onnxruntime folds Shape(y) from a declared size, and files declare sizes their models do
         not return. The model itself is left as it was."""
@@ -245,7 +256,7 @@ class Explainer:
                     if d.HasField("dim_value"):
                         d.Clear()
         try:
-            return create_session(model, self.providers, self._options, strict=self._strict_cuda)
+            return create_session(model, self.providers, options or self._options, strict=self._strict_cuda)
         finally:
             for vi, declared in saved:
                 vi.type.CopyFrom(declared)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def preset_from_metadata(metadata: dict[str, str]) -> str:
 
 
 def collect(paths) -> list[Path]:
-    """Image files named directly, or found (recursively, sorted) in the folders named."""
+    """Image files named directly, or found (recursively, sorted) in the folders named (one path or several)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():

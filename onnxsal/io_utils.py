@@ -6,8 +6,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import onnx
-
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -35,6 +33,6 @@ def write_bytes_atomic(data: bytes, path) -> Path:
     return path
 
 
-def save_model_atomic(model: onnx.ModelProto, path) -> Path:
+def save_model_atomic(model, path) -> Path:
     """Save a model (single file, weights inline) atomically."""
     return write_bytes_atomic(model.SerializeToString(), path)

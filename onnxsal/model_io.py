@@ -90,6 +90,17 @@ def check_model(model: onnx.ModelProto, source: str = "the model") -> onnx.Model
     return model
 
 
+def external_files(path) -> list[Path]:
+    """The files a model file keeps its external data in (resolved; each once)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    found: dict[Path, None] = {}
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if external_data_helper.uses_external_data(tensor):
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            found[(Path(path).parent / location).resolve()] = None
+    return list(found)
+
+
 def load_model(model) -> onnx.ModelProto:
     """A checked ModelProto from a path, bytes, or a ModelProto."""
     if isinstance(model, onnx.ModelProto):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
-import onnx
 import onnxruntime as ort
 
 from .errors import ModelLoadError, ModelRunError, OnnxsalError, ProviderError
@@ -38,17 +38,32 @@ def resolve_providers(providers="auto") -> list:
 
 
 def create_session(
-    model: onnx.ModelProto, providers: list, options: ort.SessionOptions | None = None, strict: bool = False
+    model, providers: list, options: ort.SessionOptions | None = None, strict: bool = False
 ) -> ort.InferenceSession:
     """An InferenceSession for `model`; never falls back silently from CUDA to the CPU.
 
     When CUDA was asked for but the session came up without it: an error if `strict` (the user
     said "cuda"), else a loud warning ("auto" on a machine whose CUDA libraries are missing).
     """
+    return _open(model.SerializeToString(), providers, options, strict)
+
+
+def create_session_from_file(path: Path, providers: list, optimised: bool = False) -> ort.InferenceSession:
+    """A session for an ONNX file that onnxruntime reads itself (no onnx import, no copy in Python);
+    `optimised`: the file is a graph onnxruntime already optimised for this machine, so it is not
+    optimised again."""
+    options = ort.SessionOptions()
+    if optimised:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return _open(str(path), providers, options, strict=False)
+
+
+def _open(source, providers: list, options: ort.SessionOptions | None, strict: bool) -> ort.InferenceSession:
+    """An InferenceSession from bytes or a path, with the CUDA check of `create_session`."""
     options = options or ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=providers)
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own types, with long messages
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"onnxruntime cannot run this model: {first}") from exc

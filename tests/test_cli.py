@@ -268,6 +268,27 @@ def test_compile_errors_are_one_line_and_write_nothing(files, tmp_path):
 # demo
 
 
+def test_every_command_that_writes_takes_dash_o_and_out():
+    """One dialect: each command with an output path spells it -o/--out (compile/convert keep --output too)."""
+    from onnxsal.cli import cli as group
+
+    writers = {}
+    for name, command in group.commands.items():
+        for param in command.params:
+            if param.name in ("out", "out_dir"):
+                writers[name] = param.opts
+    assert set(writers) == {"demo", "explain", "evaluate", "compile", "convert"}
+    for name, opts in writers.items():
+        assert "-o" in opts and "--out" in opts, (name, opts)
+
+
+def test_demo_takes_dash_o(tmp_path):
+    out = tmp_path / "figs"
+    proc = cli("demo", "-o", out, "--providers", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "mnist_saliency.png").is_file()
+
+
 def test_demo_writes_its_figures(tmp_path):
     out = tmp_path / "demo out"
     proc = cli("demo", "--out", out, "--providers", "cpu")
