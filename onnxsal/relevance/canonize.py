@@ -8,6 +8,8 @@ of the bias), so before relevance is propagated:
   feeds it (W' = a·W per output channel, b' = a·b + c, with a = scale/√(var+ε), c = B − a·mean),
   or into the Conv/Gemm it feeds when that is exact (no padding: a shift is not exact at padded
   borders);
+- `fold_scale`: a Mul by one constant per output channel after a Conv/ConvTranspose/Gemm/MatMul
+  into its weights and bias (tf2onnx writes a Keras 3 BatchNormalization as that Mul and an Add);
 - `fuse_bias`: MatMul(x, W) + b on a 2-D x into Gemm(x, W, b); Conv + b (one value per channel)
   into the Conv's bias.
 Each works on the graph, so one canonizer serves every architecture and exporter (Zennit needs
@@ -183,6 +185,54 @@ def _fold_before(rw: _Rewriter, bn: onnx.NodeProto, layer: onnx.NodeProto, a: np
     return True
 
 
+def fold_scale(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Mul(layer(x), s), s one constant per output channel, into the layer: W' = s·W, b' = s·b.
+    Without it a Keras BatchNormalization (Mul + Add after tf2onnx) would get the `scaling` and `sum`
+    rules instead of being part of the layer's z, and Keras and PyTorch twins would differ."""
+    rw = _Rewriter(model)
+    for mul in rw.view.nodes:
+        if mul.op_type != "Mul" or len(mul.input) != 2:
+            continue
+        for side in (0, 1):
+            src = rw.view.producer.get(mul.input[side])
+            scale = rw.const(mul.input[1 - side])
+            if src is None or src.op_type not in FOLD_INTO + ("MatMul",) or scale is None or scale.dtype.kind != "f":
+                continue
+            if rw.only_consumer(mul.input[side]) is mul and src.name not in rw.replaced and _fold_scale(rw, src, mul, scale):
+                break
+    return rw.finish(), rw.notes
+
+
+def _fold_scale(rw: _Rewriter, layer: onnx.NodeProto, mul: onnx.NodeProto, scale: np.ndarray) -> bool:
+    w = rw.const(layer.input[1])
+    rank = rw.view.rank(layer.output[0])
+    if w is None or w.dtype.kind != "f" or rank is None or rw.const(layer.input[0]) is not None:
+        return False
+    if layer.op_type == "MatMul" and (w.ndim != 2 or rank != 2):
+        return False
+    axis = 1 if layer.op_type == "MatMul" else _out_channel_axis(layer, w)  # of the weight's output channels
+    if axis is None or scale.ndim > rank:
+        return False
+    m = w.shape[axis]
+    # one value per output channel (axis 1 of the output), broadcast right-aligned
+    shape = (1,) * (rank - scale.ndim) + tuple(scale.shape)
+    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, m):
+        return False
+    s = np.broadcast_to(scale.reshape(-1).astype(np.float64), (m,))
+    w_shape = [1] * w.ndim
+    w_shape[axis] = m
+    inputs = [layer.input[0], rw.initializer(layer.input[1], (w.astype(np.float64) * s.reshape(w_shape)).astype(w.dtype))]
+    if len(layer.input) > 2 and layer.input[2]:
+        b = rw.const(layer.input[2])
+        if b is None or b.size != m:
+            return False
+        inputs.append(rw.initializer(f"{layer.name}/bias", (b.reshape(-1).astype(np.float64) * s).astype(w.dtype)))
+    rw.replaced[layer.name] = _with_inputs(layer, inputs, [mul.output[0]])
+    rw.removed.add(mul.name)
+    rw.notes.append(f"the Mul '{mul.name}' by a per-channel constant folded into {layer.op_type} '{layer.name}'")
+    return True
+
+
 def fuse_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """MatMul + Add(bias) into a Gemm (2-D input); Conv + Add(bias per channel) into the Conv."""
     rw = _Rewriter(model)
@@ -242,21 +292,23 @@ def _fuse_conv(rw: _Rewriter, conv: onnx.NodeProto, add: onnx.NodeProto, bias: n
     return True
 
 
-def _candidates(model: onnx.ModelProto) -> tuple[bool, bool]:
-    """Whether the graph holds anything `fuse_bias` / `fold_batchnorm` could rewrite: a cheap scan,
+def _candidates(model: onnx.ModelProto) -> tuple[bool, bool, bool]:
+    """Whether the graph holds anything `fold_scale` / `fuse_bias` / `fold_batchnorm` could rewrite: a cheap scan,
     so that a model with nothing to canonize is not copied (big models take seconds to copy)."""
     consts = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     bias = any(n.op_type == "Add" and len(n.input) == 2 and any(x in consts for x in n.input)
                and any(producers.get(x) in ("MatMul", "Conv") for x in n.input) for n in model.graph.node)
-    return bias, any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    scale = any(n.op_type == "Mul" and len(n.input) == 2 and any(x in consts for x in n.input)
+                and any(producers.get(x) in FOLD_INTO + ("MatMul",) for x in n.input) for n in model.graph.node)
+    return scale, bias, any(n.op_type == "BatchNormalization" for n in model.graph.node)
 
 
 def canonize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """All canonizers, in order; returns the rewritten model and one note per rewrite."""
     notes: list[str] = []
-    for step, wanted in zip((fuse_bias, fold_batchnorm), _candidates(model)):
-        if wanted:
+    for i, step in enumerate((fold_scale, fuse_bias, fold_batchnorm)):
+        if _candidates(model)[i]:  # rescanned: a folded Mul leaves a Conv + Add for fuse_bias
             model, more = step(model)
             notes += more
     return model, notes
