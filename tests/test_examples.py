@@ -12,9 +12,16 @@ tmp_path, as a user would run it: `python examples/NAME.py --out DIR --small`. C
   the 224 x 224 image, 40% of its area) over the mean over the whole image. A map that ignores the
   face scores 1, one entirely inside the box 2.49. Guided backprop must reach 1.5 (it scores about
   1.85; the noisy plain gradient about 1.1); SmoothGrad must beat the plain gradient with the
-  notebook's noise and reach 1.3 with Smilkov's 20% noise (about 1.2 and 1.4 with 10 samples).
+  notebook's noise and reach 1.3 with Smilkov's 20% noise (about 1.2 and 1.4 with 10 samples);
+- the randomisation sanity check (sanity_randomisation) keeps its finding: guided backprop's maps
+  stay similar to the original after every layer is re-initialised, the gradient's do not;
+- relevance_cat (gradient | guided | LRP-EpsilonPlusFlat | DeepLIFT): the maps have the image's
+  shape and are finite, LRP's positive relevance and guided backprop's mass lie mostly in the face
+  box (about 79% and 74%, the box is 40% of the image), the classifier conserves relevance (the
+  sum at the last features plus the class's bias is the logit), the biases absorb it block by block
+  towards the input, and DeepLIFT sums to logit(x) - logit(black).
 
-The five scripts take about 3 minutes together on a 2-core CPU.
+The seven scripts take about 3 minutes together on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -155,3 +162,49 @@ def test_smoothgrad_mobilenet(tmp_path):
     ratios = summary["face_ratio_chelsea"]
     assert ratios["smoothgrad_notebook"] > ratios["gradient"] > 1.0, ratios
     assert ratios["smoothgrad_relative"] >= 1.3, ratios
+
+
+@needs("matplotlib", "skimage")
+def test_sanity_randomisation(tmp_path):
+    run_example("sanity_randomisation", tmp_path)
+    summary = load_json(tmp_path / "randomisation_cascade.json")
+    check_figures(tmp_path, ["randomisation_cascade.png"], summary)
+    methods = summary["methods"]
+    assert sorted(methods) == sorted(["gradient", "guided_backprop", "smoothgrad", "integrated_gradients", "gradcam"])
+    top_first = ["/preds/Gemm", "/fc1/Gemm", "/conv2/Conv", "/conv1/Conv"]
+    for m, d in methods.items():
+        assert d["steps"] == top_first and d["mode"] == "cascading", (m, d["steps"])
+        assert len(d["metrics"]["ssim"]["per_sample"]) == 4 and min(map(min, d["output_change"])) > 1e-3, m
+    # Adebayo et al.'s finding at the last step (4 digits: guided 0.63 / 0.41, gradient 0.34 / 0.05)
+    last = {m: {k: methods[m]["mean"][k][-1] for k in ("spearman_abs", "ssim")}
+            for m in ("guided_backprop", "gradient")}
+    assert last["guided_backprop"]["ssim"] > 0.3 > 0.15 > last["gradient"]["ssim"], last
+    assert last["guided_backprop"]["spearman_abs"] > last["gradient"]["spearman_abs"] + 0.2, last
+
+
+@needs(*TORCH)
+def test_relevance_cat(tmp_path):
+    run_example("relevance_cat", tmp_path)
+    summary = load_json(tmp_path / "relevance_cat.json")
+    check_figures(tmp_path, ["relevance_cat.png"], summary)
+    check_cat(summary)
+    methods = ["gradient", "guided_backprop", "lrp", "deeplift"]
+    assert summary["map_shapes"] == {m: [3, 224, 224] for m in methods}, summary["map_shapes"]
+    assert summary["finite"] == {m: True for m in methods}, summary["finite"]
+    share = summary["positive_share_in_face"]  # the box holds 40% of the pixels
+    assert share["lrp"] >= 0.65 and share["guided_backprop"] >= 0.6, share  # about 0.79 and 0.74
+    assert share["lrp"] > share["gradient"] + 0.2, share
+    lrp, logit = summary["lrp"], summary["logit"]
+    # GlobalAveragePool (sum rule) and the classifier (epsilon, 1e-6) conserve: R(last features) + bias = logit
+    assert abs(lrp["sum_at_last_features"] + lrp["classifier_bias"] - logit) < 1e-3 * abs(logit), lrp
+    # below them, z+ counts the folded BatchNorms' positive biases: the sum shrinks at every block (to ~1e-4)
+    by_depth = list(lrp["sum_by_depth"].values())
+    assert len(by_depth) == 11 and all(0 < a < b for a, b in zip(by_depth, by_depth[1:])), by_depth
+    assert 0 < lrp["sum"] < by_depth[0], lrp["sum"]
+    # at the normalised image EpsilonPlusFlat gives no negative relevance; at the pixels the sum rule
+    # of (x - mean) flips the sign of every pixel darker than the mean (about half the mass)
+    assert lrp["negative_share"] < 0.01 < 0.3 < lrp["negative_share_at_pixels"], lrp
+    deeplift = summary["deeplift"]
+    assert deeplift["baseline"] == "black (zeros)"
+    assert abs(deeplift["convergence_delta"]) < 1e-3, deeplift
+    assert abs(deeplift["sum"] - (logit - summary["logit_black"])) < 1e-3 * abs(logit), (deeplift, logit)
