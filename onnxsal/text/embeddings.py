@@ -1,0 +1,176 @@
+"""Finding the embeddings of a token model in its ONNX graph.
+
+A model exported from PyTorch, TensorFlow or a hub takes integer token ids and looks them up in a
+float table: a Gather whose data is a [vocab, hidden] initializer (or Constant) and whose indices
+are computed from an integer graph input by shape-only ops (GPT-2 reshapes its ids first, Keras
+casts them). Those Gather outputs are where attribution of a token model starts: the ids
+themselves have no gradient.
+
+A BERT holds several lookups: word, token-type (indexed by graph inputs) and position (indexed by a
+range the graph computes), summed and then normalised. Three tensors of that block can be
+explained, and they are what Captum users pass to LayerIntegratedGradients:
+
+- the word embeddings (`model.bert.embeddings.word_embeddings`): the default;
+- their sum with the other lookups (the input of the block's LayerNormalization);
+- the block's output (`model.bert.embeddings`): the LayerNormalization after the sum, or the sum
+  when none follows.
+
+`resolve(view, "embeddings" | "embeddings:sum" | "embeddings:output")` names the tensor; anything
+else is taken as the name of a tensor already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from ..errors import UnsupportedModelError
+
+# ops that carry token ids (or a tensor) along without changing a value: followed from a graph input
+# to the Gather that uses the ids, and from the summed embeddings to their normalisation
+CARRIERS = ("Reshape", "Unsqueeze", "Squeeze", "Cast", "Identity", "Flatten", "Dropout", "Expand")
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+ALIASES = {"embeddings": "word", "embeddings:word": "word", "embeddings:sum": "sum", "embeddings:output": "output"}
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One lookup: `output` = Gather(`table`, ids), ids read from graph input `ids` (None when the
+    graph computes them, as it does position ids)."""
+
+    output: str
+    table: str
+    ids: str | None
+    vocab: int
+    hidden: int
+
+
+def _view(model):
+    from ..autodiff.graph import GraphView
+
+    return model if isinstance(model, GraphView) else GraphView(model)
+
+
+def _table(view, name: str) -> tuple[int, int] | None:
+    """(rows, columns) of a 2-D float constant (initializer or Constant node), else None."""
+    shape = view.shape(name)
+    if name in view.initializers or view.producer.get(name) is not None and view.producer[name].op_type == "Constant":
+        if view.elem_type(name) in FLOAT_TYPES and shape is not None and len(shape) == 2 and all(isinstance(d, int) for d in shape):
+            return int(shape[0]), int(shape[1])
+    return None
+
+
+def _id_sources(view) -> dict[str, str]:
+    """Values that are an integer graph input carried through shape-only ops -> that input."""
+    source = {name: name for name in view.input_names if view.elem_type(name) in INT_TYPES}
+    for node in view.nodes:  # the view orders nodes topologically
+        if node.op_type in CARRIERS and node.input and node.input[0] in source:
+            for out in node.output[:1]:
+                source[out] = source[node.input[0]]
+    return source
+
+
+def find_embeddings(model) -> list[Embedding]:
+    """Every embedding lookup of the graph (an `onnx.ModelProto` or a `GraphView`), in graph order:
+    Gathers on axis 0 from a 2-D float constant."""
+    view = _view(model)
+    source = _id_sources(view)
+    found = []
+    for node in view.nodes:
+        if node.op_type != "Gather" or len(node.input) < 2:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        table = _table(view, node.input[0])
+        if axis != 0 or table is None or view.elem_type(node.input[1]) not in INT_TYPES:
+            continue
+        found.append(Embedding(node.output[0], node.input[0], source.get(node.input[1]), *table))
+    return found
+
+
+def word_embeddings(model) -> Embedding:
+    """The word-embedding lookup: of the lookups indexed by a graph input, the one with the largest
+    table (token-type tables have two rows, position ids are computed inside the graph)."""
+    lookups = [e for e in find_embeddings(model) if e.ids is not None]
+    if not lookups:
+        raise UnsupportedModelError(
+            "the model has no embedding lookup (a Gather from a float [vocab, hidden] table indexed by an integer "
+            "input), so wrt='embeddings' cannot be found; name the tensor to explain with wrt=.")
+    return max(lookups, key=lambda e: e.vocab)
+
+
+def _skip_carriers(view, name: str) -> str:
+    """`name` followed forward through single-consumer shape-only ops."""
+    while True:
+        users = view.consumers.get(name, [])
+        if len(users) == 1 and users[0].op_type in ("Identity", "Dropout", "Cast") and users[0].input[0] == name:
+            name = users[0].output[0]
+            continue
+        return name
+
+
+def embedding_sum(model) -> str:
+    """The tensor holding the word embeddings plus every other lookup added to them (position,
+    token type): the last Add of the chain that starts at the word embeddings and whose other
+    operand is a lookup (or a sum of lookups). The word embeddings themselves when nothing is added."""
+    view = _view(model)
+    lookups = {e.output for e in find_embeddings(view)}
+    value = _skip_carriers(view, word_embeddings(view).output)
+
+    def lookup_sum(name: str, depth: int = 0) -> bool:  # a lookup, or an Add of lookups
+        name = _through_carriers_back(view, name)
+        if name in lookups:
+            return True
+        node = view.producer.get(name)
+        return depth < 4 and node is not None and node.op_type == "Add" and all(lookup_sum(x, depth + 1) for x in node.input)
+
+    while True:
+        adds = [n for n in view.consumers.get(value, []) if n.op_type == "Add"]
+        if len(adds) != 1:
+            return value
+        add = adds[0]
+        other = add.input[1] if add.input[0] == value else add.input[0]
+        if not lookup_sum(other):
+            return value
+        value = _skip_carriers(view, add.output[0])
+
+
+def _through_carriers_back(view, name: str) -> str:
+    node = view.producer.get(name)
+    while node is not None and node.op_type in CARRIERS:
+        name = node.input[0]
+        node = view.producer.get(name)
+    return name
+
+
+def embedding_output(model) -> str:
+    """The output of the embedding block: the LayerNormalization applied to the summed embeddings
+    (BERT, DistilBERT), else the sum itself (GPT-2 adds its lookups and normalises per layer)."""
+    view = _view(model)
+    total = embedding_sum(view)
+    users = view.consumers.get(total, [])
+    if len(users) == 1 and users[0].op_type == "LayerNormalization" and users[0].input[0] == total:
+        return _skip_carriers(view, users[0].output[0])
+    return total
+
+
+def resolve(model, wrt: str) -> str:
+    """The tensor that `wrt` names: "embeddings" (or "embeddings:word"), "embeddings:sum",
+    "embeddings:output", else `wrt` itself (a graph input or an inner tensor)."""
+    kind = ALIASES.get(wrt)
+    if kind is None:
+        return wrt
+    if kind == "word":
+        return word_embeddings(model).output
+    if kind == "sum":
+        return embedding_sum(model)
+    return embedding_output(model)
+
+
+def token_ids_input(model) -> str | None:
+    """The graph input that holds the token ids (the one the word embeddings are read from), or None."""
+    try:
+        return word_embeddings(model).ids
+    except UnsupportedModelError:
+        return None
