@@ -156,8 +156,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        # --no-sandbox: CI and containers run as root, where Chromium's sandbox cannot start
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        # --no-sandbox: CI and containers run as root, where Chromium's sandbox cannot start;
+        # --disable-dev-shm-usage: a container's small /dev/shm would crash the renderer
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield b
         b.close()
 
