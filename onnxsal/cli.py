@@ -90,8 +90,9 @@ def _options(pairs: tuple[str, ...]) -> dict:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("images", nargs=-1, required=True)
-@click.option("-m", "--method", default="guided_backprop", show_default=True, help="Attribution method (see `onnxsal methods`).")
+@click.argument("images", nargs=-1)
+@click.option("-m", "--method", default=None,
+              help="Attribution method (see `onnxsal methods`; default guided_backprop, integrated_gradients with --text).")
 @click.option("-t", "--target", type=int, default=None, help="Class to explain (default: each image's top class).")
 @click.option("-p", "--preprocess", "preset", default="auto", show_default=True,
               type=click.Choice(["auto", "imagenet", "keras", "caffe", "unit", "raw"]),
@@ -108,13 +109,22 @@ def _options(pairs: tuple[str, ...]) -> dict:
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Where built graphs are kept between runs (default: $ONNXSAL_CACHE_DIR or ~/.cache/onnxsal).")
 @click.option("--no-cache", is_flag=True, help="Build the graph afresh and keep nothing.")
+@click.option("--text", "texts", multiple=True, help="A sentence to explain with a token model (repeatable); needs --tokenizer.")
+@click.option("--tokenizer", default=None, type=click.Path(dir_okay=False), help="Hugging Face tokenizer.json for --text.")
+@click.option("--wrt", default="embeddings", show_default=True,
+              help="With --text: embeddings, embeddings:sum, embeddings:output or an inner tensor's name.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def explain(model, images, method, target, preset, size, softmax, batch_size, cmap, modifier, resume, option, providers,
-            cache_dir, no_cache, out_dir):
+            cache_dir, no_cache, texts, tokenizer, wrt, out_dir):
     """Explain IMAGES (files or folders) with MODEL: writes PNG overlays and .npy maps to --out.
 
     The attribution graph is kept in a cache, so the next run on the same model and options starts
     without building it (graph methods that are one run: gradient, guided_backprop, gradcam, lrp, ...)."""
+    if texts or tokenizer:
+        return _explain_text(model, images, texts, tokenizer, method, target, softmax, wrt, providers, option, out_dir)
+    if not images:
+        raise click.UsageError("Missing argument 'IMAGES...' (or --text with --tokenizer).")
+    method = method or "guided_backprop"
     from .batch import explain_images
 
     results = explain_images(model, images, out_dir, method=method, target=target, preset=preset, size=_size(size),
@@ -131,6 +141,24 @@ def explain(model, images, method, target, preset, size, softmax, batch_size, cm
         for r in failed:
             click.echo(f"  {r.image}: {r.error}", err=True)
         raise SystemExit(1)
+
+
+def _explain_text(model, images, texts, tokenizer, method, target, softmax, wrt, providers, option, out_dir):
+    """`explain --text`: per-token scores of a token model, written as tokens.html, .png and .json."""
+    from .errors import InvalidInputError
+    from .text import explain_text, write_text_result
+
+    if images:
+        raise click.UsageError("give either image files or --text, not both.")
+    if not texts or not tokenizer:
+        raise InvalidInputError("--text and --tokenizer go together: give the sentence(s) and the tokenizer.json file.")
+    result = explain_text(model, list(texts), tokenizer, method=method or "integrated_gradients", target=target,
+                          wrt=wrt, providers=providers, softmax=softmax, **_options(option))
+    written = write_text_result(result, out_dir)
+    for row in result.rows:
+        top = max(zip(row.tokens, row.scores), key=lambda p: abs(p[1]))
+        click.echo(f"{row.label}: strongest token {top[0]!r} ({top[1]:+.3g})")
+    click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 def _per_name_options(pairs: tuple[str, ...]) -> tuple[dict, dict]:

@@ -88,8 +88,15 @@ def scores(explainer, feeds: dict[str, np.ndarray], target, softmax: str) -> np.
 def integrated_gradients(explainer, feeds, target, softmax="identity", wrt=None, batch_size=None, *,
                          baselines=None, n_steps=50, integration="gausslegendre", base="gradient",
                          internal_batch_size=None, progress=None):
-    """Returns ({wrt: attribution}, {"convergence_delta": Σ attribution − (F(x) − F(x')) per sample})."""
+    """Returns ({wrt: attribution}, {"convergence_delta": Σ attribution − (F(x) − F(x')) per sample}).
+
+    An inner tensor in `wrt` (the embeddings of a token model) is interpolated itself, as Captum's
+    LayerIntegratedGradients does: the model is cut there and the tensor fed (`inner`); its baseline
+    may then also be given as baseline inputs (token ids: see `inner.inner_baselines`)."""
     wrt = explainer._wrt(wrt)
+    if any(name not in feeds for name in wrt):
+        return _inner(explainer, feeds, target, softmax, wrt, batch_size, baselines=baselines, n_steps=n_steps,
+                      integration=integration, base=base, internal_batch_size=internal_batch_size, progress=progress)
     alphas, weights = quadrature(integration, int(n_steps))
     target = fixed_target(explainer, feeds, target)
     base_values = {name: baseline_for(name, feeds[name], baselines) for name in wrt}
@@ -113,6 +120,19 @@ def integrated_gradients(explainer, feeds, target, softmax="identity", wrt=None,
             f"Integrated Gradients completeness gap is {worst:.1%} of F(x) − F(baseline) for some sample; "
             f"increase n_steps (now {len(alphas)}) or check the baseline.", RuntimeWarning, stacklevel=4)
     return out, {"convergence_delta": delta}
+
+
+def _inner(explainer, feeds, target, softmax, wrt, batch_size, baselines, **options):
+    """Integrated Gradients of inner tensors: on the model cut at them, fed with their values."""
+    from .inner import cut_explainer, inner_baselines, inner_values
+
+    missing = tuple(name for name in wrt if name not in feeds)
+    values = inner_values(explainer, feeds, missing)
+    base_values = inner_baselines(explainer, feeds, missing, values, baselines)
+    if isinstance(baselines, dict):  # explained model inputs beside the inner tensors: their own baselines
+        base_values.update({name: baselines[name] for name in wrt if name in feeds and name in baselines})
+    child = cut_explainer(explainer, missing)
+    return integrated_gradients(child, {**feeds, **values}, target, softmax, wrt, batch_size, baselines=base_values, **options)
 
 
 register(Method("integrated_gradients", build_integrated_gradients, integrated_gradients, summary="path integral of gradients from a baseline"))

@@ -1,0 +1,129 @@
+"""Explaining an inner tensor with a method that changes what is explained (Integrated Gradients).
+
+A gradient method reads the gradient at an inner tensor off one graph run. Integrated Gradients
+needs more: the tensor itself interpolated between a baseline and its actual value, with the rest
+of the model run on top, which is what Captum's LayerIntegratedGradients does by replacing a
+layer's output. Here the model is cut at the tensor: its producer's work is dropped and the
+tensor becomes a graph input, fed with the value the full model computes (or a baseline). Inputs
+the rest of the model still reads (an attention mask, the ids a position range is sized from) stay
+inputs and are fed as they are; ids no longer read stay declared, so the same feeds serve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..errors import InvalidInputError
+from ..runtime import create_session, run
+from .graphs import GraphEditor
+
+
+def cut_model(model: onnx.ModelProto, names: tuple[str, ...], view) -> onnx.ModelProto:
+    """`model` with each tensor of `names` a graph input (typed as the view infers it) and the nodes
+    that only served to compute them removed."""
+    cut = onnx.ModelProto.FromString(model.SerializeToString())
+    g = cut.graph
+    needed = {o.name for o in g.output}
+    kept = []
+    for node in reversed(list(view.nodes)):  # the view's nodes, topologically ordered and named
+        if any(o in needed for o in node.output) and not all(o in names for o in node.output if o):
+            kept.append(node)
+            needed.update(_reads(node))
+    kept.reverse()
+    del g.node[:]
+    g.node.extend(kept)
+    for name in names:
+        shape = view.shape(name)
+        # named dims are left unnamed: inference names an inner tensor's batch unlike the inputs' ('unk__0'),
+        # and a free leading dim lets the inputs that share the batch (a mask) be split with it
+        dims = None if shape is None else [d if isinstance(d, int) else None for d in shape]
+        g.input.append(onnx.helper.make_tensor_value_info(name, view.elem_type(name) or onnx.TensorProto.FLOAT, dims))
+    drop = [vi for vi in g.value_info if vi.name in names]
+    for vi in drop:
+        g.value_info.remove(vi)
+    used = needed | {i.name for i in g.input}
+    initializers = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(initializers)
+    return cut
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    from ..autodiff.graph import node_inputs
+
+    return set(node_inputs(node))
+
+
+def cut_explainer(explainer, names: tuple[str, ...]):
+    """The Explainer of the model cut at `names` (cached on `explainer`)."""
+    from ..explainer import Explainer
+
+    key = ("cut", names)
+    if key not in explainer._children:
+        child = object.__new__(Explainer)
+        child._setup(cut_model(explainer.model, names, explainer.view), explainer.providers, explainer._strict_cuda,
+                     explainer._options, explainer.output, explainer.specialised_on)
+        explainer._children[key] = child
+    return explainer._children[key]
+
+
+def inner_values(explainer, feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The values the model computes at `names` for `feeds` (a forward run with them as outputs)."""
+    key = ("inner_values", names)
+    if key not in explainer._sessions:
+        ed = GraphEditor(explainer.model)
+        outs = [(n, explainer.view.elem_type(n) or onnx.TensorProto.FLOAT, None) for n in names
+                if n not in explainer.view.output_names]
+        explainer._sessions[key] = (None, create_session(ed.finish(outs), explainer.providers, explainer._options))
+    return dict(zip(names, run(explainer._sessions[key][1], list(names), feeds)))
+
+
+def inner_baselines(explainer, feeds: dict[str, np.ndarray], names: tuple[str, ...], values: dict[str, np.ndarray],
+                    baselines) -> dict[str, np.ndarray]:
+    """The baseline of each explained inner tensor.
+
+    - None or a number: that constant (zeros by default), as for an input;
+    - a float array of the tensor's shape (or its shape without the batch): given;
+    - integer ids (an int array, or a dict naming model inputs such as {"input_ids": pad_ids}): the
+      value the model computes at the tensor when fed those inputs (the others as they are), as
+      LayerIntegratedGradients computes a layer's baseline from baseline ids;
+    - a dict by tensor name of any of the above."""
+    from .integrated_gradients import baseline_for
+
+    inputs = {s.name: s for s in explainer.inputs}
+    if isinstance(baselines, dict):
+        unknown = [k for k in baselines if k not in inputs and k not in names]
+        if unknown:
+            raise InvalidInputError(f"baselines names {unknown[0]!r}, which is neither a model input nor an explained "
+                                    f"tensor ({list(inputs)} / {list(names)}).")
+        fed = {k: v for k, v in baselines.items() if k in inputs}
+        given = {k: v for k, v in baselines.items() if k in names}
+    elif baselines is not None and np.asarray(baselines).dtype.kind in "iu" and np.asarray(baselines).ndim > 0:
+        from ..text.embeddings import token_ids_input
+
+        ids = token_ids_input(explainer.view)
+        if ids is None:
+            raise InvalidInputError("integer baselines are token ids, but the model has no embedding lookup to feed them "
+                                    "to; pass a float baseline of the explained tensor's shape, or a dict by input name.")
+        fed, given = {ids: baselines}, {}
+    else:
+        fed, given = {}, {name: baselines for name in names}
+    out = {name: baseline_for(name, values[name], given.get(name)) for name in names}
+    if fed:
+        base_feeds = dict(feeds)
+        for name, value in fed.items():
+            arr = np.asarray(value)
+            want = feeds[name]
+            if arr.dtype.kind != want.dtype.kind and not (arr.dtype.kind in "iu" and want.dtype.kind in "iu"):
+                raise InvalidInputError(f"the baseline for input {name!r} must hold {want.dtype} values like the input, "
+                                        f"not {arr.dtype}.")
+            if arr.shape == want.shape[1:]:
+                arr = np.broadcast_to(arr, want.shape)
+            if arr.shape != want.shape:
+                raise InvalidInputError(f"the baseline for input {name!r} must have shape {want.shape} (or "
+                                        f"{want.shape[1:]}), got {arr.shape}.")
+            base_feeds[name] = np.ascontiguousarray(arr, dtype=want.dtype)
+        computed = inner_values(explainer, base_feeds, names)
+        out.update({name: computed[name].astype(values[name].dtype) for name in names if name not in given})
+    return out

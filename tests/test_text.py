@@ -1,0 +1,440 @@
+"""Token models explained from their embeddings, against Captum, and the text CLI.
+
+Models: BERT and DistilBERT sequence classifiers built from tiny `transformers` configs (hidden 32,
+2 layers, 2 heads, vocabulary 100) with random weights (initializer_range 0.2, so that attention
+and GELU work away from their linear regime), exported once per module with torch's TorchScript
+exporter (opset 17, batch and sequence dynamic), and a sentence-embedding model (BERT, masked
+mean pooling, L2 normalisation). Inputs: two sentences encoded by a WordPiece tokenizer built in
+memory and saved as tokenizer.json; the second is shorter, so it is padded and its attention
+mask holds zeros.
+
+1. Embedding detection: word, token-type and position lookups; their sum; the block's output.
+2. Agreement with Captum, rel = max|ours - captum| / max|captum| <= 1e-4:
+   LayerIntegratedGradients (Gauss-Legendre, same n_steps) on the word embeddings and on the whole
+   embedding block (`model.bert.embeddings`, summed + LayerNormed), with the padding-token baseline
+   ([CLS] and [SEP] kept, as the Captum tutorial builds it); IntegratedGradients on inputs_embeds
+   with zero and given baselines; LayerGradientXActivation with and without multiplying by the
+   activation (gradient, input x gradient); a sentence-embedding dimension as the target.
+3. Token scores: they sum to F(x) - F(baseline) for Integrated Gradients; padding scores 0.
+4. The CLI: `onnxsal explain MODEL --text ... --tokenizer tokenizer.json -o DIR` writes the HTML
+   page, the PNG and the scores, which are the library's; bad tokenizer files and missing
+   options are one sentence and exit 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")  # torch before anything that may import TensorFlow
+tr = pytest.importorskip("transformers")
+captum_attr = pytest.importorskip("captum.attr")
+tokenizers = pytest.importorskip("tokenizers")
+
+import onnxsal  # noqa: E402
+from onnxsal.cli import main  # noqa: E402
+from onnxsal.errors import InvalidInputError  # noqa: E402
+from onnxsal.text import (embedding_output, embedding_sum, encode, explain_text, find_embeddings, load_tokenizer,  # noqa: E402
+                          logit_seed, reference_ids, token_scores, tokens_html, word_embeddings, TokenRow)
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-4
+N_STEPS = 16
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = ("the a movie film was is not very good bad great boring plot acting story and but i it this loved hated "
+         "really quite funny dull actors music ending long short best worst").split()
+PIECES = ["##s", "##ed", "##ing", "##ly"]
+SENTENCES = ["the movie was not very good but the acting was great", "i loved this film"]
+
+
+def rel(ours, ref) -> float:
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    scale = np.abs(ref).max()
+    assert scale > 0, "the reference is all zeros"
+    return float(np.abs(ours - ref).max() / scale)
+
+
+def vocabulary() -> dict[str, int]:
+    tokens = SPECIALS + WORDS + PIECES
+    tokens += [f"tok{i}" for i in range(100 - len(tokens))]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def build_tokenizer():
+    """A BERT-style WordPiece tokenizer: lower-casing, [CLS] ... [SEP], [PAD] = 0."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    vocab = vocabulary()
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return tok
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("text")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(folder) -> Path:
+    path = folder / "tokenizer.json"
+    build_tokenizer().save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoded(tokenizer_file):
+    enc = encode(load_tokenizer(tokenizer_file), SENTENCES)
+    assert enc.mask[1].sum() < enc.mask.shape[1], "the second sentence must be padded"
+    return enc
+
+
+def export(module, args, names, path: Path) -> Path:
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["out"] = {0: "batch"}
+    torch.onnx.export(module, args, str(path), input_names=list(names), output_names=["out"], dynamic_axes=axes,
+                      opset_version=17, dynamo=False, do_constant_folding=True)
+    return path
+
+
+class Bert(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+class Distil(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+class SentenceEmbedding(torch.nn.Module):
+    """A sentence-transformers style encoder: masked mean of BERT's last hidden states, L2-normalised."""
+
+    def __init__(self, bert):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * m).sum(1) / m.sum(1)
+        return torch.nn.functional.normalize(mean, dim=-1)
+
+
+class Case:
+    """One exported model: the torch module (for Captum), its ONNX file, an Explainer, the feeds."""
+
+    def __init__(self, name, torch_model, wrapper, names, encoded, folder, layers):
+        self.name, self.model, self.names, self.layers = name, torch_model, names, layers
+        self.feeds = {"input_ids": encoded.ids, "attention_mask": encoded.mask,
+                      "token_type_ids": np.zeros_like(encoded.ids)}
+        self.feeds = {k: self.feeds[k] for k in names}
+        self.torch_args = tuple(torch.from_numpy(self.feeds[k]) for k in names)
+        self.path = export(wrapper.eval(), self.torch_args, names, folder / f"{name}.onnx")
+        wrapper.eval()
+        self.forward = wrapper
+        self.ex = onnxsal.Explainer(self.path, providers="cpu")
+        self.special = encoded.special
+        self.baseline_ids = np.where(encoded.special, encoded.ids, 0)  # [CLS]/[SEP]/padding kept, the rest [PAD]
+
+    def extra(self):
+        return self.torch_args[1:]
+
+
+def tiny_bert_config(**kw):
+    return tr.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=32, initializer_range=0.2, attn_implementation="eager", **kw)
+
+
+@pytest.fixture(scope="module")
+def bert(encoded, folder) -> Case:
+    torch.manual_seed(0)
+    model = tr.BertForSequenceClassification(tiny_bert_config(num_labels=3)).eval()
+    emb = model.bert.embeddings
+    return Case("bert", model, Bert(model), ["input_ids", "attention_mask", "token_type_ids"], encoded, folder,
+                {"embeddings": emb.word_embeddings, "embeddings:output": emb})
+
+
+@pytest.fixture(scope="module")
+def distilbert(encoded, folder) -> Case:
+    torch.manual_seed(1)
+    cfg = tr.DistilBertConfig(vocab_size=100, max_position_embeddings=32, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              num_labels=3, initializer_range=0.2, attn_implementation="eager")
+    model = tr.DistilBertForSequenceClassification(cfg).eval()
+    emb = model.distilbert.embeddings
+    return Case("distilbert", model, Distil(model), ["input_ids", "attention_mask"], encoded, folder,
+                {"embeddings": emb.word_embeddings, "embeddings:output": emb})
+
+
+@pytest.fixture(scope="module")
+def sentence(encoded, folder) -> Case:
+    torch.manual_seed(2)
+    bert = tr.BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
+    wrapper = SentenceEmbedding(bert)
+    return Case("sentence", bert, wrapper, ["input_ids", "attention_mask", "token_type_ids"], encoded, folder,
+                {"embeddings": bert.embeddings.word_embeddings, "embeddings:output": bert.embeddings})
+
+
+@pytest.fixture(params=["bert", "distilbert"])
+def case(request) -> Case:
+    return request.getfixturevalue(request.param)
+
+
+TARGET = np.array([1, 2])
+
+
+# ---------------------------------------------------------------------------------------- detection
+
+
+def test_embeddings_found_in_bert(bert):
+    found = {e.output: e for e in find_embeddings(bert.ex.model)}
+    by_table = {e.table.split(".")[-2]: e for e in found.values()}
+    assert set(by_table) == {"word_embeddings", "token_type_embeddings", "position_embeddings"}
+    assert by_table["word_embeddings"].ids == "input_ids" and by_table["word_embeddings"].vocab == 100
+    assert by_table["token_type_embeddings"].ids == "token_type_ids"
+    assert by_table["position_embeddings"].ids is None  # computed inside the graph
+    assert word_embeddings(bert.ex.model) == by_table["word_embeddings"]
+    view = bert.ex.view
+    ln = view.producer[embedding_output(bert.ex.model)]
+    assert ln.op_type == "LayerNormalization" and ln.input[0] == embedding_sum(bert.ex.model)
+    assert view.producer[embedding_sum(bert.ex.model)].op_type == "Add"
+
+
+def test_embeddings_found_in_distilbert(distilbert):
+    found = find_embeddings(distilbert.ex.model)
+    assert sorted(e.table.split(".")[-2] for e in found) == ["position_embeddings", "word_embeddings"]
+    assert distilbert.ex.view.producer[embedding_output(distilbert.ex.model)].op_type == "LayerNormalization"
+
+
+def test_token_model_is_explained_from_its_embeddings_by_default(bert):
+    """No float input: Explainer.attribute explains the word embeddings, batch on the token ids."""
+    default = bert.ex.attribute(bert.feeds, target=TARGET)
+    named = bert.ex.attribute(bert.feeds, target=TARGET, wrt="embeddings")
+    inner = bert.ex.attribute(bert.feeds, target=TARGET, wrt=word_embeddings(bert.ex.model).output)
+    assert default.shape == bert.feeds["input_ids"].shape + (32,)
+    np.testing.assert_array_equal(default, named)
+    np.testing.assert_array_equal(default, inner)
+    one = bert.ex.attribute({k: v[1:] for k, v in bert.feeds.items()}, target=TARGET[1:])
+    np.testing.assert_allclose(one, default[1:], rtol=1e-5, atol=1e-7)  # the batch axis is the ids'
+
+
+def test_gradient_at_the_sum_is_the_gradient_at_the_word_embeddings(case):
+    """word + position (+ token type) = sum: d F / d sum = d F / d word embeddings."""
+    at_sum = case.ex.attribute(case.feeds, target=TARGET, wrt="embeddings:sum")
+    at_word = case.ex.attribute(case.feeds, target=TARGET, wrt="embeddings")
+    np.testing.assert_allclose(at_sum, at_word, rtol=1e-5, atol=1e-6 * np.abs(at_word).max())
+    assert case.ex.view.producer[embedding_sum(case.ex.model)].op_type == "Add"
+
+
+def test_integer_model_without_embeddings_is_one_sentence():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Cast", ["ids"], ["y"], to=TensorProto.FLOAT)], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ex = onnxsal.Explainer(model, providers="cpu")
+    with pytest.raises(InvalidInputError, match="no float input and no embedding lookup"):
+        ex.attribute(np.zeros((1, 4), dtype=np.int64))
+    with pytest.raises(onnxsal.UnsupportedModelError, match="no embedding lookup"):
+        ex.attribute(np.zeros((1, 4), dtype=np.int64), wrt="embeddings")
+
+
+# ---------------------------------------------------------------------------------------- against Captum
+
+
+def captum_target():
+    return torch.from_numpy(TARGET)
+
+
+@pytest.mark.parametrize("wrt", ["embeddings", "embeddings:output"])
+def test_integrated_gradients_pad_baseline_match_layer_integrated_gradients(case, wrt):
+    """LayerIntegratedGradients on the word embeddings / the embedding block, baseline: the ids
+    with every non-special token replaced by [PAD], run through the same embeddings."""
+    ours, delta = case.ex.attribute(case.feeds, target=TARGET, method="integrated_gradients", wrt=wrt, n_steps=N_STEPS,
+                                    baselines={"input_ids": case.baseline_ids}, return_convergence_delta=True)
+    lig = captum_attr.LayerIntegratedGradients(case.forward, case.layers[wrt])
+    theirs, their_delta = lig.attribute(case.torch_args[0], baselines=torch.from_numpy(case.baseline_ids),
+                                        additional_forward_args=case.extra(), target=captum_target(), n_steps=N_STEPS,
+                                        method="gausslegendre", return_convergence_delta=True)
+    r = rel(ours, theirs.detach())
+    print(f"\n{case.name} IG wrt {wrt} (pad baseline, {N_STEPS} Gauss-Legendre steps): rel {r:.2e}")
+    assert r <= TOL
+    np.testing.assert_allclose(delta, their_delta.detach().numpy(), atol=1e-4)
+    # a plain integer array is taken as baseline ids too
+    again = case.ex.attribute(case.feeds, target=TARGET, method="integrated_gradients", wrt=wrt, n_steps=N_STEPS,
+                              baselines=case.baseline_ids)
+    np.testing.assert_array_equal(again, ours)
+
+
+@pytest.mark.parametrize("baseline", ["zeros", "given"])
+def test_integrated_gradients_embedding_baselines_match_captum(case, baseline):
+    """Zero and given embedding baselines: Captum's IntegratedGradients on inputs_embeds."""
+    n, t = case.feeds["input_ids"].shape
+    given = None if baseline == "zeros" else np.random.default_rng(3).normal(0, 0.2, (n, t, 32)).astype(np.float32)
+    ours = case.ex.attribute(case.feeds, target=TARGET, method="integrated_gradients", n_steps=N_STEPS, baselines=given)
+    word = case.layers["embeddings"]
+    embeds = word(case.torch_args[0]).detach()
+
+    def forward(e, *rest):
+        kw = dict(zip(case.names[1:], rest))
+        return case.model(inputs_embeds=e, **kw).logits
+
+    ig = captum_attr.IntegratedGradients(forward)
+    theirs = ig.attribute(embeds, baselines=None if given is None else torch.from_numpy(given), target=captum_target(),
+                          additional_forward_args=case.extra(), n_steps=N_STEPS, method="gausslegendre")
+    r = rel(ours, theirs.detach())
+    print(f"\n{case.name} IG ({baseline} embedding baseline): rel {r:.2e}")
+    assert r <= TOL
+
+
+@pytest.mark.parametrize("wrt", ["embeddings", "embeddings:output"])
+@pytest.mark.parametrize("method", ["gradient", "input_x_gradient"])
+def test_gradient_and_input_x_gradient_match_layer_gradient_x_activation(case, wrt, method):
+    ours = case.ex.attribute(case.feeds, target=TARGET, method=method, wrt=wrt)
+    layer = captum_attr.LayerGradientXActivation(case.forward, case.layers[wrt],
+                                                 multiply_by_inputs=method == "input_x_gradient")
+    theirs = layer.attribute(case.torch_args[0], additional_forward_args=case.extra(), target=captum_target())
+    r = rel(ours, theirs.detach())
+    print(f"\n{case.name} {method} wrt {wrt}: rel {r:.2e}")
+    assert r <= TOL
+
+
+def test_sentence_embedding_dimension_as_target(sentence):
+    """A sentence-embedding model [N, 32]: a dimension of the normalised embedding is the target."""
+    dims = np.array([5, 17])
+    ours = sentence.ex.attribute(sentence.feeds, target=dims, method="integrated_gradients", n_steps=N_STEPS,
+                                 baselines=sentence.baseline_ids)
+    lig = captum_attr.LayerIntegratedGradients(sentence.forward, sentence.layers["embeddings"])
+    theirs = lig.attribute(sentence.torch_args[0], baselines=torch.from_numpy(sentence.baseline_ids),
+                           additional_forward_args=sentence.extra(), target=torch.from_numpy(dims), n_steps=N_STEPS,
+                           method="gausslegendre")
+    r = rel(ours, theirs.detach())
+    print(f"\nsentence embedding, dims {dims.tolist()}: IG rel {r:.2e}")
+    assert r <= TOL
+
+
+# ---------------------------------------------------------------------------------------- token scores
+
+
+def test_token_scores_complete_and_zero_on_padding(bert, encoded):
+    attr, delta = bert.ex.attribute(bert.feeds, target=TARGET, method="integrated_gradients", n_steps=32,
+                                    baselines=bert.baseline_ids, return_convergence_delta=True)
+    scores = token_scores(attr, mask=encoded.mask)
+    assert scores.shape == encoded.ids.shape
+    with torch.no_grad():
+        f = bert.forward(*bert.torch_args).numpy()[np.arange(2), TARGET]
+        b = bert.forward(torch.from_numpy(bert.baseline_ids), *bert.extra()).numpy()[np.arange(2), TARGET]
+    np.testing.assert_allclose(scores.sum(axis=1), f - b, rtol=1e-3, atol=1e-4)  # completeness, per sentence
+    assert np.all(scores[encoded.mask == 0] == 0) and np.all(attr[encoded.mask == 0] == 0)
+    norms = token_scores(attr, "norm")
+    assert np.all(norms >= 0)
+    np.testing.assert_allclose(norms, np.linalg.norm(attr.astype(np.float64), axis=-1))
+    unit = token_scores(attr, normalise=True)
+    np.testing.assert_allclose(np.abs(unit).max(axis=1), 1.0)
+    with pytest.raises(InvalidInputError, match="reduce must be"):
+        token_scores(attr, "mean")
+
+
+def test_logit_seed_and_reference_ids():
+    seed = logit_seed((2, 5, 10), position=-1, token=[3, 7])
+    assert seed.shape == (2, 5, 10) and seed.sum() == 2 and seed[0, 4, 3] == 1 and seed[1, 4, 7] == 1
+    with pytest.raises(InvalidInputError, match="vocabulary"):
+        logit_seed((1, 5, 10), 0, 10)
+    ids = np.array([[2, 17, 18, 3, 0]])
+    np.testing.assert_array_equal(reference_ids(ids, 0, keep=(2, 3)), [[2, 0, 0, 3, 0]])
+
+
+def test_html_page_colours_tokens_by_sign():
+    page = tokens_html(TokenRow(["[CLS]", "good", "##ness", "<b>"], [0.0, 2.0, -1.0, 0.5], "class 1", 1.5))
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert "&lt;b&gt;" in page and "<b>Legend" in page  # tokens are escaped
+    marks = page.split("Token importance")[1]
+    good = marks.split(">good<")[0].rsplit("background-color:", 1)[1]
+    ness = marks.split(">ness<")[0].rsplit("background-color:", 1)[1]
+    r, g, b = (int(v) for v in good.split("rgb(")[1].split(")")[0].split(","))
+    assert g > r and g > b  # green: for
+    r, g, b = (int(v) for v in ness.split("rgb(")[1].split(")")[0].split(","))
+    assert r > g and r > b  # red: against
+    assert "</mark><mark" in marks  # '##ness' attached to 'good'
+
+
+# ---------------------------------------------------------------------------------------- the CLI
+
+
+def cli(*args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_cli_text_writes_html_png_and_the_librarys_scores(bert, tokenizer_file, tmp_path):
+    out = tmp_path / "out"
+    rc, stdout, stderr = cli("explain", bert.path, "--text", SENTENCES[0], "--text", SENTENCES[1], "--tokenizer",
+                             tokenizer_file, "-t", 1, "--option", f"n_steps={N_STEPS}", "-o", out)
+    assert rc == 0, stderr
+    assert "strongest token" in stdout
+    page = (out / "tokens.html").read_text()
+    assert page.count("<tr>") == 3 and "acting" in page and "loved" in page
+    from PIL import Image
+
+    with Image.open(out / "tokens.png") as img:
+        assert img.size[0] == 900 and img.size[1] > 80
+        colours = set(img.convert("RGB").getdata())
+    assert any(g > r + 30 for r, g, b in colours) and any(r > g + 30 for r, g, b in colours)  # green and red tokens
+    record = json.loads((out / "tokens.json").read_text())
+    lib = explain_text(None, SENTENCES, tokenizer_file, target=1, n_steps=N_STEPS, explainer=bert.ex)
+    assert [r["tokens"] for r in record] == [list(r.tokens) for r in lib.rows]
+    for r, row in zip(record, lib.rows):
+        np.testing.assert_allclose(r["scores"], row.scores, rtol=1e-6, atol=1e-9)
+    assert record[0]["tokens"][0] == "[CLS]" and record[0]["tokens"][-1] == "[SEP]"
+
+
+def test_cli_bad_tokenizer_is_one_sentence_and_writes_nothing(bert, tmp_path):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text('{"version": "1.0", "model": {"type": "NoSuchModel"}}')
+    out = tmp_path / "out"
+    rc, stdout, stderr = cli("explain", bert.path, "--text", "a good movie", "--tokenizer", bad, "-o", out)
+    assert rc == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxsal: error: ") and "not a Hugging Face tokenizer.json" in lines[0]
+    assert "Traceback" not in stderr and not out.exists()
+    rc, _, stderr = cli("explain", bert.path, "--text", "a good movie", "--tokenizer", tmp_path / "missing.json", "-o", out)
+    assert rc == 2 and "does not exist" in stderr and len(stderr.strip().splitlines()) == 1 and not out.exists()
+    rc, _, stderr = cli("explain", bert.path, "--text", "a good movie", "-o", out)
+    assert rc == 2 and "--text and --tokenizer go together" in stderr and not out.exists()
+
+
+def test_text_package_imports_neither_torch_nor_tokenizers():
+    code = ("import sys, onnxsal.text, onnxsal.cli; "
+            "bad = [m for m in ('torch', 'tokenizers', 'tensorflow', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_missing_tokenizers_package_is_one_sentence(monkeypatch, tokenizer_file):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(InvalidInputError, match="needs the 'tokenizers' package"):
+        load_tokenizer(tokenizer_file)
