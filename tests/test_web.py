@@ -14,6 +14,7 @@ Checked, each with a tolerance of 1e-4 on every output (probabilities and attrib
   digit's class, its [0, 1] map equals max|a| over channels + min-max computed in numpy, and the
   overlay it draws is red where the map is hottest and blue where it is coldest; a screenshot is
   written to out/test_web/ for a person to look at;
+- the same through the form (file pickers, Run button);
 - node_run.mjs on the fixed input equals Python onnxruntime.
 
 The tests need Chromium (/usr/bin/chromium, or $ONNXSAL_CHROMIUM), node, examples/web/node_modules
@@ -66,8 +67,8 @@ def _missing() -> list[str]:
 def web_deps():
     missing = _missing()
     if missing:
-        pytest.fail(f"missing {', '.join(missing)}: run `make web-deps` (apt chromium, npm ci in examples/web, "
-                    f"pip install playwright)", pytrace=False)
+        pytest.fail(f"missing {', '.join(missing)}: run `make web-deps` (Debian chromium, npm ci in examples/web; "
+                    f"playwright comes with the test extra: pip install -e '.[test]')", pytrace=False)
 
 
 def _make_assets():
@@ -233,6 +234,24 @@ def test_browser_page_draws_overlay(browser, server, case):
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+    assert not errors, errors
+    page.close()
+
+
+def test_browser_file_pickers(browser, server, case):
+    """The form path a person takes: pick the graph and the image as files, press Run."""
+    graph = "mnist_guided_backprop.onnx"
+    page, errors = _open(browser, f"{server}/index.html")
+    page.set_input_files("#model-file", str(case["folder"] / graph))
+    page.set_input_files("#image-file", str(case["folder"] / "digit.png"))
+    page.click("#run")
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.status)", timeout=60_000)
+    assert page.evaluate("document.body.dataset.status") == "done", page.inner_text("#status")
+    last = page.evaluate("window.onnxsal.last")
+    np.testing.assert_array_equal(np.asarray(last["input"]["data"], np.float32).reshape(last["input"]["dims"]),
+                                  case["feeds"]["image"])
+    _compare(last["outputs"], case["reference"][graph], "the page's file pickers")
+    assert (last["attributionName"], last["predicted"]) == ("image_grad", DIGIT_SAMPLE)
     assert not errors, errors
     page.close()
 
