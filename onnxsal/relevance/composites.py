@@ -11,6 +11,9 @@ Kinds of nodes (a node's kind depends on which of its inputs lie on the path):
   activation   an elementwise op of one input on the path     sum      Add/Sum/Sub
   avgpool      AveragePool/GlobalAveragePool/ReduceMean/Sum   scaling  Mul/Div by a constant, Resize, Neg
   product      a product of two values on the path            batchnorm  BatchNormalization
+  gate, normaliser, centring  what AttnLRP tells apart (`transformer.TransformerComposite`): an
+               elementwise function of one value written as a product; an activation times or over
+               a statistic; x − mean(x)
 "linear" selects convolution and dense; an ONNX op type ("Conv", "Gemm") selects that op only.
 """
 
@@ -31,7 +34,8 @@ ACTIVATIONS = {
     "Abs", "Reciprocal", "Softmax", "LogSoftmax", "Sin", "Cos", "Tan", "Atan", "Sinh", "Cosh", "Asinh", "Pow",
 }
 AVGPOOL = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "LpPool"}
-KINDS = ("convolution", "dense", "activation", "sum", "avgpool", "scaling", "product", "batchnorm", "other")
+KINDS = ("convolution", "dense", "activation", "sum", "avgpool", "scaling", "product", "batchnorm", "gate", "normaliser",
+         "centring", "other")
 
 
 def node_kind(node: onnx.NodeProto, live: set[str]) -> str:
@@ -87,9 +91,13 @@ class Composite:
         return replace(self, name=f"{self.name}+custom", layer_map=extra.layer_map + self.layer_map,
                        first_map=extra.first_map + self.first_map, name_map=extra.name_map + self.name_map)
 
+    def kinds(self, view: GraphView, nodes: list[onnx.NodeProto], live: set[str]) -> dict[str, str]:
+        """The kind of each node on the path (a composite may tell more kinds apart)."""
+        return {n.name: node_kind(n, live) for n in nodes}
+
     def assign(self, view: GraphView, nodes: list[onnx.NodeProto], live: set[str]) -> dict[str, tuple[LrpRule, str]]:
         """{node name: (rule, why)} for the path's nodes that get an LRP rule (others: the gradient)."""
-        kinds = {n.name: node_kind(n, live) for n in nodes}
+        kinds = self.kinds(view, nodes, live)
         first = {sel: _first_layers(nodes, live, kinds, sel) for sel, _ in self.first_map}
         out: dict[str, tuple[LrpRule, str]] = {}
         for n in nodes:
@@ -155,9 +163,17 @@ def epsilon(epsilon=1e-6, stabilizer=DEFAULT_STABILIZER, **_) -> Composite:
     return Composite("Epsilon", layer_map_base(stabilizer) + (("linear", Epsilon(epsilon)),))
 
 
+def attn_lrp(**options) -> Composite:
+    """AttnLRP (Achtibat et al. 2024) for transformers: see `transformer.py`."""
+    from .transformer import attn_lrp as build
+
+    return build(**options)
+
+
 COMPOSITES = {
     "EpsilonPlus": epsilon_plus, "EpsilonPlusFlat": epsilon_plus_flat, "EpsilonAlpha2Beta1": epsilon_alpha2_beta1,
     "EpsilonAlpha2Beta1Flat": epsilon_alpha2_beta1_flat, "EpsilonGammaBox": epsilon_gamma_box, "Epsilon": epsilon,
+    "AttnLRP": attn_lrp,
 }
 
 
@@ -211,8 +227,9 @@ def resolve(composite, **options) -> Composite:
     mapping (applied over the shared base map)."""
     if isinstance(composite, Composite):
         return composite
-    if isinstance(composite, dict):
-        base = Composite("custom", layer_map_base(options.get("stabilizer", DEFAULT_STABILIZER)))
+    if isinstance(composite, dict):  # options left unset arrive as None (build_lrp passes them all)
+        stabilizer = options.get("stabilizer")
+        base = Composite("custom", layer_map_base(DEFAULT_STABILIZER if stabilizer is None else stabilizer))
         return base.with_rules(composite)
     if isinstance(composite, str) and composite in COMPOSITES:
         return COMPOSITES[composite](**{k: v for k, v in options.items() if v is not None})

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import onnx
 from onnx import helper
 
 from ..autodiff.registry import DEFAULT_RULES, RuleContext
@@ -77,20 +76,30 @@ class LinearLayer:
         has_bias = self.node.op_type in ("Conv", "ConvTranspose", "Gemm") and bool(ctx.input(2))
         self.b = ctx.input(2) if has_bias else None
         self._mods: dict[tuple[str, str], str] = {}
+        # Gemm's alpha and beta belong to the weights and the bias (y = (αW) x + βb): the rules
+        # modify αW and βb, and the op is computed again with alpha = beta = 1
+        self.attrs = {a.name: helper.get_attribute_value(a) for a in self.node.attribute}
+        self.scale = {"w": 1.0, "b": 1.0}
+        if self.node.op_type == "Gemm":
+            self.scale = {"w": float(self.attrs.pop("alpha", 1.0)), "b": float(self.attrs.pop("beta", 1.0))}
+            if self.scale["w"] != 1.0:
+                self.w = self.modified("w", "scaled", (lambda w: w, lambda ctx, w: w))
 
     # -- modified parameters ------------------------------------------------------------------------
     def modified(self, which: str, name: str, mod: WeightMod) -> str:
         """Parameter `which` ("w" or "b") under modification `name`, built once per layer."""
         key = (which, name)
         if key not in self._mods:
-            source = self.w if which == "w" else self.b
+            source = self.ctx.input(self.w_index) if which == "w" else self.b
             value = self.ctx.const(self.w_index if which == "w" else 2)
+            scale = self.scale[which]
             if value is not None:
-                new = mod[0](value).astype(value.dtype)
+                new = mod[0](value * np.asarray(scale, value.dtype) if scale != 1.0 else value).astype(value.dtype)
                 out = self.ctx.emitter.const(new, name=f"{which}_{name}")
                 self.ctx.view.know(out, new)
             else:
-                out = mod[1](self.ctx, source)
+                scaled = source if scale == 1.0 else self.ctx.op("Mul", [source, self.ctx.scalar(scale)])
+                out = mod[1](self.ctx, scaled)
             self._mods[key] = out
         return self._mods[key]
 
@@ -107,13 +116,12 @@ class LinearLayer:
                 ins.append(self.ctx.scalar(0.0))
         else:
             ins = ins[:2] + [b]
-        attrs = {a.name: helper.get_attribute_value(a) for a in self.node.attribute}
-        return self.ctx.op(self.node.op_type, ins, **attrs)
+        return self.ctx.op(self.node.op_type, ins, **self.attrs)
 
     def backward(self, s: str, w: str) -> str:
         """Wᵀ s for weights `w`: the vanilla input gradient of the layer with its weights replaced."""
-        node = onnx.NodeProto()
-        node.CopyFrom(self.node)
+        node = helper.make_node(self.node.op_type, list(self.node.input), list(self.node.output), name=self.node.name,
+                                **self.attrs)
         node.input[self.w_index] = w
         wants = [i == self.x_index for i in range(len(node.input))]
         sub = RuleContext(node, self.ctx.view, self.ctx.emitter, [s], wants)

@@ -71,6 +71,8 @@ def nonnegative(ctx: RuleContext, x: str, depth: int = 8) -> bool:
             low = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "min"), None)
         return low is not None and float(low) >= 0
     if op in ROUTING:
+        if op == "Resize" and any(a.name == "mode" and a.s == b"cubic" for a in node.attribute):
+            return False  # cubic interpolation overshoots: negative values next to positive ones
         if op == "Pad":
             value = ctx.view.const(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
             if value is None or float(value) < 0:
@@ -108,8 +110,13 @@ class Gradient(LrpRule):
 
 @dataclass(frozen=True)
 class Pass(LrpRule):
+    """R unchanged, for an elementwise node: one input on the path, of the output's shape (on a
+    pooling or a broadcast R would have the wrong shape; the gradient is used there)."""
+
     def applies(self, ctx):
-        return sum(ctx.wants) == 1
+        if sum(ctx.wants) != 1:
+            return False
+        return not _shapes_differ(ctx.shape(ctx.node.input[ctx.wants.index(True)]), ctx.shape(ctx.y))
 
     def backward(self, ctx, r):
         return [r if w else None for w in ctx.wants]
@@ -256,6 +263,13 @@ class ZBox(_LinearRule):
         out = ctx.op("Sub", [out, ctx.op("Mul", [lo, layer.backward(s, wp)])])
         out = ctx.op("Sub", [out, ctx.op("Mul", [hi, layer.backward(s, wn)])])
         return layer.relevance(out)
+
+
+def _shapes_differ(a, b) -> bool:
+    """Whether two (possibly symbolic) shapes are known to differ: rank, or a static dim."""
+    if a is None or b is None:
+        return False
+    return len(a) != len(b) or any(isinstance(p, int) and isinstance(q, int) and p != q for p, q in zip(a, b))
 
 
 def _onnx_type(dtype) -> int:
