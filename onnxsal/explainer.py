@@ -139,12 +139,20 @@ class Explainer:
 
     # -- graphs and sessions ------------------------------------------------------------------------
     def _wrt(self, wrt) -> tuple[str, ...]:
+        """The values explained: the names given ("embeddings", "embeddings:sum", "embeddings:output"
+        name a token model's embeddings: `onnxsal.text.embeddings`), else the first float input, else
+        (a token model) its word embeddings."""
+        from .text.embeddings import ALIASES, resolve, token_ids_input
+
         if wrt is None:
             floats = [s.name for s in self.inputs if s.dtype.kind == "f"]
-            if not floats:
-                raise InvalidInputError("the model has no float input to explain; name the value with wrt=.")
-            return (floats[0],)
-        return (wrt,) if isinstance(wrt, str) else tuple(wrt)
+            if floats:
+                return (floats[0],)
+            if token_ids_input(self.view) is None:
+                raise InvalidInputError("the model has no float input and no embedding lookup to explain; name the value with wrt=.")
+            wrt = "embeddings"
+        names = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+        return tuple(resolve(self.view, w) if w in ALIASES else w for w in names)
 
     def _batch_input(self, wrt=None) -> str:
         """The input whose leading axis is the batch: the first explained model input, else the
@@ -152,6 +160,10 @@ class Explainer:
         names = [s.name for s in self.inputs]
         floats = [s.name for s in self.inputs if s.dtype.kind == "f"]
         explained = [w for w in self._wrt(wrt) if w in names] if wrt is not None or floats else []
+        if not explained and not floats:  # a token model explained from its embeddings: the batch is the ids'
+            from .text.embeddings import token_ids_input
+
+            explained = [name for name in [token_ids_input(self.view)] if name in names]
         return (explained or floats or names)[0]
 
     def batch_axes(self, feeds: dict[str, np.ndarray], wrt=None) -> dict[str, int | None]:
@@ -389,6 +401,8 @@ class Explainer:
                 result = m.attribute(self, feeds, checked, softmax=softmax, wrt=wrt, batch_size=batch_size, **options)
                 if isinstance(result, tuple):
                     result, info = result
+                    if return_convergence_delta and callable(info.get("convergence_delta")):  # computed only when asked
+                        info["convergence_delta"] = info["convergence_delta"]()
             else:
                 graph, session = self.method_graph(method, checked.kind, softmax, wrt, **options)
                 result = self.run_graph(graph, session, feeds, checked, batch_size, axes=axes)

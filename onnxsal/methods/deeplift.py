@@ -210,7 +210,8 @@ def _gap(explainer, feeds, wrt, target, softmax, attributions, references) -> np
 
 def deeplift(explainer, feeds, target, softmax="identity", wrt=None, batch_size=None, *, baselines=None,
              rule="rescale", eps=DEFAULT_EPS):
-    """Returns ({wrt: attribution}, {"convergence_delta": Σ attribution − (F(x) − F(x_ref))})."""
+    """Returns ({wrt: attribution}, {"convergence_delta": a call giving Σ attribution − (F(x) − F(x_ref))}); the
+    gap costs two forward passes of the batch, so the explainer makes the call only when it is asked for."""
     _check(rule, eps)
     wrt = explainer._wrt(wrt)
     _explained_inputs(explainer, wrt, "deeplift")
@@ -223,7 +224,7 @@ def deeplift(explainer, feeds, target, softmax="identity", wrt=None, batch_size=
         full[baseline_input(w)] = refs[w]
         axes[baseline_input(w)] = 0
     out = explainer.run_graph(graph, session, full, target, batch_size, axes=axes)
-    return out, {"convergence_delta": _gap(explainer, feeds, wrt, target, softmax, out, refs)}
+    return out, {"convergence_delta": lambda: _gap(explainer, feeds, wrt, target, softmax, out, refs)}
 
 
 def _baseline_set(explainer, feeds, wrt, baselines, method: str) -> dict[str, np.ndarray]:
