@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConversionError", "Explainer", "InvalidInputError", "ModelLoadError", "ModelRunError", "OnnxsalError",
-    "ProviderError", "UnsupportedModelError", "compile", "evaluate", "__version__",
+    "ProviderError", "UnsupportedModelError", "compile", "evaluate", "explain_dataset", "__version__",
 ]
 
 
@@ -26,6 +26,10 @@ def __getattr__(name: str):
         from . import explainer
 
         return getattr(explainer, name)
+    if name == "explain_dataset":  # Ray itself is imported only when a run asks for engine="ray"
+        from . import dataset
+
+        return dataset.explain_dataset
     if name == "evaluate":  # the package is callable: onnxsal.evaluate(...) (see onnxsal/evaluate/__init__.py)
         import importlib
 

@@ -229,19 +229,14 @@ def explain_images(
     `cache`: a `GraphCache` (or a folder for one, or True for the default folder) that keeps the
     built graph for the next call, in this process or another.
     """
-    if cache is True or isinstance(cache, (str, os.PathLike)):
-        from .cache import GraphCache
-
-        cache = GraphCache(None if cache is True else cache)
-    cache = cache or None
-    p = plan(model, method, target, preset, size, softmax, batch_size, providers, modifier, cache, **options)
+    p = plan(model, method, target, preset, size, softmax, batch_size, providers, modifier, graph_cache(cache), **options)
     paths = collect(images)
     stems = output_stems(paths)
     out = Path(out_dir)
     results = [Explained(path) for path in paths]
     todo = []
     for r, stem in zip(results, stems):
-        png, npy = out / f"{stem}.{method}.png", out / f"{stem}.{method}.npy"
+        png, npy = output_paths(out, stem, method)
         if resume and png.exists() and npy.exists():
             r.skipped, r.written = True, [png, npy]
         else:
@@ -263,24 +258,49 @@ def explain_images(
                 loaded.append((item, load(item[0].image, (spec.height, spec.width), spec.channels)))
             except OnnxsalError as exc:
                 item[0].error = str(exc)
-        if not loaded:
-            continue
-        pixels = np.stack([img for _, img in loaded])
-        x = spec.to_model(preprocess(pixels, p.preset))
-        classes = None if target is None else np.broadcast_to(np.asarray(target, np.int64), (len(x),))
-        try:
-            flat, maps = p.run(x, classes)
-        except OnnxsalError as exc:
-            for (r, _, _), _img in loaded:
-                r.error = str(exc)
-            continue
-        for i, ((r, png, npy), img) in enumerate(loaded):
-            r.predicted = int(flat[i].argmax())
-            r.score = float(flat[i, r.predicted])
-            r.label = p.names[r.predicted] if p.names and r.predicted < len(p.names) else None
-            heat = heat_map(maps[i], spec.layout)
-            base = img if spec.channels == 3 else np.repeat(img, 3, axis=-1)
-            viz.save_png(viz.overlay(base, heat, alpha=alpha, cmap=cmap, layout="HWC"), png)
-            _save_npy(maps[i], npy)
-            r.written = [png, npy]
+        explain_loaded(p, loaded, target, cmap, alpha)
     return results
+
+
+def graph_cache(cache):
+    """`cache=` as explain_images takes it (a GraphCache, a folder, True for the default folder, or
+    None/False for none) as a GraphCache or None."""
+    if cache is True or isinstance(cache, (str, os.PathLike)):
+        from .cache import GraphCache
+
+        cache = GraphCache(None if cache is True else cache)
+    return cache or None
+
+
+def output_paths(out: Path, stem: str, method: str) -> tuple[Path, Path]:
+    """Where one image's overlay and map go: `<out>/<stem>.<method>.png` and `.npy`."""
+    return out / f"{stem}.{method}.png", out / f"{stem}.{method}.npy"
+
+
+def explain_loaded(p: Plan, loaded: list, target, cmap: str, alpha: float) -> np.ndarray | None:
+    """Explain one batch of decoded images, `loaded` = [((Explained, png, npy), uint8 [H,W,C]), ...]
+    (at most `p.batch_size`): fill in each Explained and write its overlay and map. Returns the maps,
+    or None when the batch failed (each Explained then holds the error) or was empty. The local
+    folder explainer and the Ray workers (onnxsal/dataset.py) share it, so they write the same files."""
+    if not loaded:
+        return None
+    spec = p.spec
+    pixels = np.stack([img for _, img in loaded])
+    x = spec.to_model(preprocess(pixels, p.preset))
+    classes = None if target is None else np.broadcast_to(np.asarray(target, np.int64), (len(x),))
+    try:
+        flat, maps = p.run(x, classes)
+    except OnnxsalError as exc:
+        for (r, _, _), _img in loaded:
+            r.error = str(exc)
+        return None
+    for i, ((r, png, npy), img) in enumerate(loaded):
+        r.predicted = int(flat[i].argmax())
+        r.score = float(flat[i, r.predicted])
+        r.label = p.names[r.predicted] if p.names and r.predicted < len(p.names) else None
+        heat = heat_map(maps[i], spec.layout)
+        base = img if spec.channels == 3 else np.repeat(img, 3, axis=-1)
+        viz.save_png(viz.overlay(base, heat, alpha=alpha, cmap=cmap, layout="HWC"), png)
+        _save_npy(maps[i], npy)
+        r.written = [png, npy]
+    return maps

@@ -113,9 +113,15 @@ def _options(pairs: tuple[str, ...]) -> dict:
 @click.option("--tokenizer", default=None, type=click.Path(dir_okay=False), help="Hugging Face tokenizer.json for --text.")
 @click.option("--wrt", default="embeddings", show_default=True,
               help="With --text: embeddings, embeddings:sum, embeddings:output or an inner tensor's name.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: a Ray Data actor pool (onnxsal[ray]); IMAGES may also be globs or Parquet, and the rows "
+                   "go to OUT/METHOD.parquet/ too.")
+@click.option("--address", default=None, help="With --engine ray: the cluster to join (auto, ray://head:10001); default a new local one.")
+@click.option("--actors", default=None, type=click.IntRange(min=1),
+              help="With --engine ray: actors in the pool (default: one per GPU, else one per CPU).")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def explain(model, images, method, target, preset, size, softmax, batch_size, cmap, modifier, resume, option, providers,
-            cache_dir, no_cache, texts, tokenizer, wrt, out_dir):
+            cache_dir, no_cache, texts, tokenizer, wrt, engine, address, actors, out_dir):
     """Explain IMAGES (files or folders) with MODEL: writes PNG overlays and .npy maps to --out.
 
     The attribution graph is kept in a cache, so the next run on the same model and options starts
@@ -125,11 +131,19 @@ def explain(model, images, method, target, preset, size, softmax, batch_size, cm
     if not images:
         raise click.UsageError("Missing argument 'IMAGES...' (or --text with --tokenizer).")
     method = method or "guided_backprop"
-    from .batch import explain_images
+    kwargs = dict(method=method, target=target, preset=preset, size=_size(size), softmax=softmax, batch_size=batch_size,
+                  providers=providers, resume=resume, cmap=cmap, modifier=modifier,
+                  cache=False if no_cache else (cache_dir or True), **_options(option))
+    if engine == "ray":
+        from .dataset import explain_dataset
 
-    results = explain_images(model, images, out_dir, method=method, target=target, preset=preset, size=_size(size),
-                             softmax=softmax, batch_size=batch_size, providers=providers, resume=resume, cmap=cmap,
-                             modifier=modifier, cache=False if no_cache else (cache_dir or True), **_options(option))
+        results = explain_dataset(model, images, out_dir, engine="ray", address=address, actors=actors, **kwargs)
+    elif address is not None or actors is not None:
+        raise click.UsageError("--address and --actors go with --engine ray.")
+    else:
+        from .batch import explain_images
+
+        results = explain_images(model, images, out_dir, **kwargs)
     failed = [r for r in results if r.error]
     for r in results:
         if r.error:
