@@ -150,8 +150,9 @@ def explain_text(model, texts, tokenizer, method: str = "integrated_gradients", 
     rows = []
     for i, tokens in enumerate(encoded.tokens):
         k = len(tokens)
-        logit = scores_out[i].reshape(-1)[target[i]] if scores_out.ndim == 2 else None
-        label = f"class {target[i]}" + ("" if logit is None else f" (score {float(logit):.3g})")
+        label = f"class {target[i]}"
+        if scores_out.ndim == 2:
+            label += f" (score {float(scores_out[i, target[i]]):.3g}; top class {int(scores_out[i].argmax())})"
         rows.append(TokenRow(tokens, scores[i, :k], label, float(scores[i, :k].sum())))
     return TextResult(rows, attribution, scores, target)
 
