@@ -15,7 +15,9 @@ Checked, each with a tolerance of 1e-4 on every output (probabilities and attrib
   overlay it draws is red where the map is hottest and blue where it is coldest; a screenshot is
   written to out/test_web/ for a person to look at;
 - the same through the form (file pickers, Run button);
-- node_run.mjs on the fixed input equals Python onnxruntime.
+- node_run.mjs on the fixed input equals Python onnxruntime;
+- every compilable method (smoothgrad, integrated gradients, LRP, DeepLIFT, occlusion, RISE, ...,
+  with small sample counts) gives Python's outputs in both runtimes.
 
 The tests need Chromium (/usr/bin/chromium, or $ONNXSAL_CHROMIUM), node, examples/web/node_modules
 and Playwright for Python; `make web-deps` installs them, and `make test` runs it first. When one is
@@ -168,7 +170,10 @@ def _open(browser, url: str):
     """A page at url whose module has loaded (status ready or beyond); console errors collected."""
     page = browser.new_page(viewport={"width": 1100, "height": 640})
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    # onnxruntime's own warnings come through console.error too (DeepLIFT's overridable baseline
+    # initializer draws one by design): those are not the page's errors
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "[W:onnxruntime" not in m.text
+            else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
     try:
@@ -219,14 +224,13 @@ def test_browser_page_draws_overlay(browser, server, case):
     np.testing.assert_allclose(got_map, ref_map, atol=TOL)
 
     # the overlay canvas: jet over the digit, red where the map is hottest, blue where coldest
-    w, h = page.evaluate("[document.getElementById('overlay').width, document.getElementById('overlay').height]")
-    rgba = np.asarray(page.evaluate(
-        "Array.from(document.getElementById('overlay').getContext('2d').getImageData(0, 0, "
-        f"{w}, {h}).data)"), np.uint8).reshape(h, w, 4)
+    w = page.evaluate("document.getElementById('overlay').width")
     scale = w / ref_map.shape[1]
     for pick, channel, other in ((np.argmax, 0, 2), (np.argmin, 2, 0)):
         r, c = np.unravel_index(pick(ref_map), ref_map.shape)
-        px = rgba[int((r + 0.5) * scale), int((c + 0.5) * scale)].astype(int)
+        px = np.asarray(page.evaluate(
+            "([x, y]) => Array.from(document.getElementById('overlay').getContext('2d').getImageData(x, y, 1, 1).data)",
+            [int((c + 0.5) * scale), int((r + 0.5) * scale)]), int)
         assert px[channel] > px[other] + 40, f"overlay pixel {px[:3]} at map cell {(r, c)} (map {ref_map[r, c]:.2f})"
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -252,6 +256,41 @@ def test_browser_file_pickers(browser, server, case):
                                   case["feeds"]["image"])
     _compare(last["outputs"], case["reference"][graph], "the page's file pickers")
     assert (last["attributionName"], last["predicted"]) == ("image_grad", DIGIT_SAMPLE)
+    assert not errors, errors
+    page.close()
+
+
+# Every method `onnxsal compile` takes, with small sample counts to keep the run short.
+SMALL = {"smoothgrad": {"n_samples": 4}, "integrated_gradients": {"n_steps": 4}, "rise": {"n_masks": 16},
+         "occlusion": {"sliding_window_shapes": (1, 7, 7), "strides": 7}}
+
+
+def test_every_compilable_method_in_browser_and_node(browser, server, case):
+    """Not only guided backprop and Grad-CAM: every compilable method's graph runs in both
+    JavaScript runtimes and gives Python onnxruntime's outputs."""
+    from onnxsal import compile as compile_graph
+    from onnxsal import methods as registry
+    from onnxsal.data import mnist_model
+
+    methods = registry.compilable()
+    assert {"guided_backprop", "gradcam", "smoothgrad", "integrated_gradients", "lrp"} <= set(methods)
+    page, errors = _open(browser, f"{server}/index.html")
+    worst = {"browser": 0.0, "node": 0.0}
+    for method in methods:
+        name = f"method_{method}.onnx"
+        path = case["folder"] / name
+        path.write_bytes(compile_graph(mnist_model(), method=method, **SMALL.get(method, {})).SerializeToString())
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        want = dict(zip(names, session.run(names, case["feeds"])))
+        got = page.evaluate("([m, f]) => window.onnxsal.runFeeds(m, f)", [f"/case/{name}", case["feeds_json"]])
+        worst["browser"] = max(worst["browser"], _compare(got, want, f"onnxruntime-web, {method}"))
+        out = path.with_suffix(".json")
+        proc = subprocess.run(["node", str(WEB / "node_run.mjs"), str(path), str(case["folder"] / "digit.json"),
+                               "--out", str(out)], cwd=WEB, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{method}: {proc.stderr}"
+        worst["node"] = max(worst["node"], _compare(json.loads(out.read_text()), want, f"onnxruntime-node, {method}"))
+    print(f"{len(methods)} methods: max |diff| browser {worst['browser']:.3g}, node {worst['node']:.3g}")
     assert not errors, errors
     page.close()
 
