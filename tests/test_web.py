@@ -15,6 +15,7 @@ Checked, each with a tolerance of 1e-4 on every output (probabilities and attrib
   overlay it draws is red where the map is hottest and blue where it is coldest; a screenshot is
   written to out/test_web/ for a person to look at;
 - the same through the form (file pickers, Run button);
+- a graph compiled with an int64 target input explains the class given (page field, node feed);
 - node_run.mjs on the fixed input equals Python onnxruntime;
 - every compilable method (smoothgrad, integrated gradients, LRP, DeepLIFT, occlusion, RISE, ...,
   with small sample counts) gives Python's outputs in both runtimes.
@@ -258,6 +259,37 @@ def test_browser_file_pickers(browser, server, case):
     assert (last["attributionName"], last["predicted"]) == ("image_grad", DIGIT_SAMPLE)
     assert not errors, errors
     page.close()
+
+
+def test_target_input_in_browser_and_node(browser, server, case, tmp_path):
+    """A graph compiled with target="target" takes an int64 class: the page's target field and
+    node_run's int64 feed explain that class (7, not the predicted 3), as Python does."""
+    from onnxsal import compile as compile_graph
+    from onnxsal.data import mnist_model
+
+    graph = compile_graph(mnist_model(), method="guided_backprop", target="target")
+    path = case["folder"] / "mnist_guided_target.onnx"
+    path.write_bytes(graph.SerializeToString())
+    target_name = [i.name for i in graph.graph.input][1]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    want = dict(zip(names, session.run(names, {**case["feeds"], target_name: np.array([7], np.int64)})))
+    predicted = dict(zip(names, session.run(names, {**case["feeds"], target_name: np.array([DIGIT_SAMPLE], np.int64)})))
+    assert np.abs(want["image_grad"] - predicted["image_grad"]).max() > 1e-3  # class 7's map is another map
+
+    page, errors = _open(browser, f"{server}/index.html?model=/case/{path.name}&image=/case/digit.png&target=7")
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.status)", timeout=60_000)
+    assert page.evaluate("document.body.dataset.status") == "done", page.inner_text("#status")
+    _compare(page.evaluate("window.onnxsal.last")["outputs"], want, "the page, target 7")
+    assert not errors, errors
+    page.close()
+
+    feeds = dict(case["feeds_json"], **{target_name: {"dims": [1], "type": "int64", "data": [7]}})
+    (tmp_path / "in.json").write_text(json.dumps(feeds))
+    proc = subprocess.run(["node", str(WEB / "node_run.mjs"), str(path), str(tmp_path / "in.json"), "--out",
+                           str(tmp_path / "out.json")], cwd=WEB, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    _compare(json.loads((tmp_path / "out.json").read_text()), want, "onnxruntime-node, target 7")
 
 
 # Every method `onnxsal compile` takes, with small sample counts to keep the run short.
