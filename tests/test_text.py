@@ -14,7 +14,8 @@ mask holds zeros.
    embedding block (`model.bert.embeddings`, summed + LayerNormed), with the padding-token baseline
    ([CLS] and [SEP] kept, as the Captum tutorial builds it); IntegratedGradients on inputs_embeds
    with zero and given baselines; LayerGradientXActivation with and without multiplying by the
-   activation (gradient, input x gradient); a sentence-embedding dimension as the target.
+   activation (gradient, input x gradient); a sentence-embedding dimension as the target; GPT-2's
+   next-token logit as a seed tensor; SmoothGrad's noise added to the embeddings (autograd).
 3. Token scores: they sum to F(x) - F(baseline) for Integrated Gradients; padding scores 0.
 4. The CLI: `onnxsal explain MODEL --text ... --tokenizer tokenizer.json -o DIR` writes the HTML
    page, the PNG and the scores, which are the library's; bad tokenizer files and missing
@@ -247,6 +248,23 @@ def test_gradient_at_the_sum_is_the_gradient_at_the_word_embeddings(case):
     assert case.ex.view.producer[embedding_sum(case.ex.model)].op_type == "Add"
 
 
+def test_integrated_gradients_of_an_inner_tensor_from_a_multi_output_node():
+    """The cut keeps a Split whose other output is still read; IG of sum(a^2) from 0 is a^2."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2),
+             helper.make_node("Mul", ["a", "a"], ["aa"]), helper.make_node("Concat", ["aa", "b"], ["c"], axis=1),
+             helper.make_node("ReduceSum", ["c", "axes"], ["y"], keepdims=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+                              [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    ex = onnxsal.Explainer(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), providers="cpu")
+    x = np.array([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 0.0, 0.0]], np.float32)
+    attr, delta = ex.attribute(x, target=0, method="integrated_gradients", wrt="a", n_steps=8, return_convergence_delta=True)
+    np.testing.assert_allclose(attr, x[:, :2] ** 2, rtol=1e-6)
+    np.testing.assert_allclose(delta, 0, atol=1e-6)
+
+
 def test_integer_model_without_embeddings_is_one_sentence():
     from onnx import TensorProto, helper
 
@@ -333,6 +351,62 @@ def test_sentence_embedding_dimension_as_target(sentence):
     r = rel(ours, theirs.detach())
     print(f"\nsentence embedding, dims {dims.tolist()}: IG rel {r:.2e}")
     assert r <= TOL
+
+
+class LanguageModel(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def test_generated_token_logit_as_target(folder):
+    """GPT-2 (a language model, output [N, T, vocab]): the logit of a next token at the last position,
+    given as a seed tensor (`logit_seed`), against LayerIntegratedGradients on `wte` explaining
+    logits[:, -1, token]."""
+    torch.manual_seed(3)
+    cfg = tr.GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2,
+                        attn_implementation="eager")
+    model = tr.GPT2LMHeadModel(cfg).eval()
+    ids = torch.from_numpy(np.random.default_rng(4).integers(5, 100, (2, 6)))
+    mask = torch.ones_like(ids)
+    path = export(LanguageModel(model).eval(), (ids, mask), ["input_ids", "attention_mask"], folder / "gpt2.onnx")
+    model.eval()
+    ex = onnxsal.Explainer(path, providers="cpu")
+    assert {e.table.split(".")[-2] for e in find_embeddings(ex.model)} == {"wte", "wpe"}
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    tokens = np.array([7, 42])
+    seed = logit_seed(ex.predict(feeds).shape, position=-1, token=tokens)
+    ours = ex.attribute(feeds, target=seed, method="integrated_gradients", n_steps=N_STEPS, baselines=np.zeros_like(ids))
+    lig = captum_attr.LayerIntegratedGradients(lambda i, m: model(input_ids=i, attention_mask=m).logits[:, -1, :],
+                                               model.transformer.wte)
+    theirs = lig.attribute(ids, baselines=torch.zeros_like(ids), additional_forward_args=(mask,),
+                           target=torch.from_numpy(tokens), n_steps=N_STEPS, method="gausslegendre")
+    r = rel(ours, theirs.detach())
+    print(f"\ngpt2 next-token logit (seed tensor), IG from ids 0: rel {r:.2e}")
+    assert r <= TOL
+
+
+def test_smoothgrad_perturbs_the_embeddings(bert):
+    """SmoothGrad with respect to the embeddings: the noise is added to the embedding tensor (the model
+    cut there); with given noise it is the mean of autograd's gradients at the noisy embeddings."""
+    n, t = bert.feeds["input_ids"].shape
+    noise = np.random.default_rng(5).normal(0, 0.1, (3, n, t, 32)).astype(np.float32)
+    ours = bert.ex.attribute(bert.feeds, target=TARGET, method="smoothgrad", n_samples=3, noise=noise)
+    embeds = bert.layers["embeddings"](bert.torch_args[0]).detach()
+    grads = []
+    for k in range(3):
+        e = (embeds + torch.from_numpy(noise[k])).requires_grad_(True)
+        logits = bert.model(inputs_embeds=e, attention_mask=bert.torch_args[1], token_type_ids=bert.torch_args[2]).logits
+        logits[torch.arange(n), torch.from_numpy(TARGET)].sum().backward()
+        grads.append(e.grad.numpy())
+    r = rel(ours, np.mean(grads, axis=0))
+    print(f"\nbert SmoothGrad on the embeddings (given noise): rel {r:.2e}")
+    assert r <= TOL
+    quiet = bert.ex.attribute(bert.feeds, target=TARGET, method="smoothgrad", n_samples=2, stdev=0.0)
+    assert rel(quiet, bert.ex.attribute(bert.feeds, target=TARGET)) <= 1e-6
 
 
 # ---------------------------------------------------------------------------------------- token scores

@@ -31,6 +31,10 @@ def cut_model(model: onnx.ModelProto, names: tuple[str, ...], view) -> onnx.Mode
             kept.append(node)
             needed.update(_reads(node))
     kept.reverse()
+    for node in kept:  # a kept node with several outputs (Split) no longer defines the ones now fed
+        for i, o in enumerate(node.output):
+            if o in names:
+                node.output[i] = f"{o}/computed"
     del g.node[:]
     g.node.extend(kept)
     for name in names:
@@ -66,6 +70,13 @@ def cut_explainer(explainer, names: tuple[str, ...]):
                      explainer._options, explainer.output, explainer.specialised_on)
         explainer._children[key] = child
     return explainer._children[key]
+
+
+def on_cut(explainer, feeds: dict[str, np.ndarray], wrt: tuple[str, ...]):
+    """(the Explainer of the model cut at the inner tensors of `wrt`, the feeds plus their values):
+    a sampling method run there perturbs the inner tensors as it perturbs inputs."""
+    inner = tuple(name for name in wrt if name not in feeds)
+    return cut_explainer(explainer, inner), {**feeds, **inner_values(explainer, feeds, inner)}
 
 
 def inner_values(explainer, feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -20,11 +20,12 @@ from . import get
 INPUT_BUDGET = 1 << 22  # elements of perturbed input per graph run, when no batch size is given
 
 
-def base_graph(explainer, base: str, softmax: str, wrt):
+def base_graph(explainer, base: str, softmax: str, wrt, kind: str = "target"):
+    """The base method's graph, taking class indices (`kind` "target") or a seed tensor ("tensor")."""
     m = get(base)
     if m.build is None:
         raise InvalidInputError(f"the base method must be one graph run (one of gradient, guided_backprop, deconvnet, input_x_gradient, ...), not {base!r}.")
-    return explainer.method_graph(base, "target", softmax, wrt)
+    return explainer.method_graph(base, kind, softmax, wrt)
 
 
 def fixed_target(explainer, feeds, target: Target) -> Target:
@@ -42,7 +43,7 @@ def accumulate(
     `perturb(name, n_idx, s_idx)` returns the perturbed copies of input `name` for the pairs
     (sample n_idx[i], perturbation s_idx[i]).
     """
-    graph, session = base_graph(explainer, base, softmax, wrt)
+    graph, session = base_graph(explainer, base, softmax, wrt, "tensor" if target.kind == "tensor" else "target")
     axes = explainer.batch_axes(feeds, wrt)  # inputs without the batch (states, scalars) are fed whole
     n = feeds[explainer._batch_input(wrt)].shape[0]
     total = n * n_samples

@@ -46,6 +46,13 @@ def smoothgrad(explainer, feeds, target, softmax="identity", wrt=None, batch_siz
                internal_batch_size=None, progress=None):
     _check(n_samples, noise_level, aggregation)
     wrt = explainer._wrt(wrt)
+    if any(name not in feeds for name in wrt):  # an inner tensor (a token model's embeddings) gets the noise itself
+        from .inner import on_cut
+
+        child, child_feeds = on_cut(explainer, feeds, wrt)
+        return smoothgrad(child, child_feeds, target, softmax, wrt, batch_size, base=base, n_samples=n_samples,
+                          noise_level=noise_level, stdev=stdev, aggregation=aggregation, seed=seed, noise=noise,
+                          internal_batch_size=internal_batch_size, progress=progress)
     n_samples = int(n_samples)
     target = fixed_target(explainer, feeds, target)
     perturbations = {}
