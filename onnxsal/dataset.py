@@ -13,7 +13,7 @@ The worker runs the very functions of the local path (onnxsal/batch.py: `plan`, 
 `images.load`, `explain_loaded`, `output_paths`), so the PNG overlays and `.npy` maps land under
 the same names with the same numbers. Each batch also writes one Parquet part into
 `<out>/<method>.parquet/` (one row per image: source, stem, predicted class, label, score, error,
-the attribution as a fixed-shape tensor), atomically and under a name derived from the batch's
+the attribution as a fixed-shape tensor, the names of its PNG and .npy files in `<out>`), atomically and under a name derived from the batch's
 sources, so a batch that Ray retries after its actor died overwrites its own part instead of
 adding a second one.
 
@@ -33,6 +33,7 @@ import hashlib
 import io
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +59,8 @@ def results_dir(out_dir, method: str) -> Path:
 
 
 def read_results(out_dir, method: str):
-    """All rows of a dataset run as one pyarrow Table (the attribution column is a fixed-shape tensor:
-    `table["attribution"].combine_chunks().to_numpy_ndarray()`; rows with an error hold null)."""
+    """All rows of a dataset run as one pyarrow Table, one row per image (`attribution_arrays` turns its
+    fixed-shape tensor column into arrays)."""
     pq = _pyarrow()[1]
     import pyarrow as pa
 
@@ -67,6 +68,16 @@ def read_results(out_dir, method: str):
     if not parts:
         raise InvalidInputError(f"no results in {str(results_dir(out_dir, method))!r}.")
     return pa.concat_tables([pq.read_table(p) for p in parts])
+
+
+def attribution_arrays(table) -> list:
+    """The `attribution` column of `read_results` as one numpy array per row (None for a row with an error)."""
+    import pyarrow.compute as pc
+
+    col = table["attribution"].combine_chunks()
+    valid = pc.is_valid(col)
+    dense = iter(col.filter(valid).to_numpy_ndarray()) if pc.any(valid).as_py() else iter(())
+    return [next(dense) if ok else None for ok in valid.to_pylist()]
 
 
 # -- sources -----------------------------------------------------------------------------------------
@@ -315,8 +326,9 @@ class DatasetWorker:
             "score": pa.array([r.score if o else None for (r, _, _), o in zip(items, ok)], pa.float64()),
             "error": pa.array([None if o else (r.error or "not explained") for (r, _, _), o in zip(items, ok)], pa.string()),
             "attribution": tensor,
-            "png": pa.array([str(png) if o else None for (_, png, _), o in zip(items, ok)], pa.string()),
-            "npy": pa.array([str(npy) if o else None for (_, _, npy), o in zip(items, ok)], pa.string()),
+            # the files' names, relative to the output folder (which can then be moved as a whole)
+            "png": pa.array([png.name if o else None for (_, png, _), o in zip(items, ok)], pa.string()),
+            "npy": pa.array([npy.name if o else None for (_, _, npy), o in zip(items, ok)], pa.string()),
         }
         folder = results_dir(self.out, self.job.method)
         _write_table(pa.table(col), folder / _part_name(str(r.image) for r, _, _ in items))
@@ -477,11 +489,13 @@ def _run_ray(ray, cls, job: Job, work: dict, sources: Sources, todo: list[str], 
             ds = rd.read_parquet(sources.parquet, columns=columns, num_cpus=0)
         else:
             ds = rd.read_binary_files(todo, include_paths=True, num_cpus=0)
-        ds = ds.map_batches(
-            cls, fn_constructor_args=(job, work), batch_size=job.batch_size, batch_format="numpy",
-            compute=rd.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor, num_gpus=gpus or None,
-            max_restarts=max_retries, max_task_retries=max_retries,
-        )
+        with warnings.catch_warnings():  # Ray 2.60 takes max_restarts only as a (deprecated) remote argument
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ds.map_batches(
+                cls, fn_constructor_args=(job, work), batch_size=job.batch_size, batch_format="numpy",
+                compute=rd.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor, num_gpus=gpus or None,
+                max_restarts=max_retries, max_task_retries=max_retries,
+            )
         out = []
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
