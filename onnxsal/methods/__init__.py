@@ -67,3 +67,4 @@ from . import gradients, gradcam, integrated_gradients, smoothgrad  # noqa: E402
 from . import deeplift  # noqa: E402,F401
 from . import perturbation  # noqa: E402,F401
 from . import lrp  # noqa: E402,F401
+from . import attention_rollout  # noqa: E402,F401

@@ -4,6 +4,11 @@ weights α_k = spatial mean of ∂y/∂A_k (Grad-CAM++: the positive gradients w
 g²/(2g² + ΣA·g³)); map = ReLU(Σ_k α_k A_k), upsampled to the input's spatial size (bilinear by
 default), min-max normalised per sample unless normalize=False. Guided Grad-CAM multiplies guided
 backprop by the upsampled map (Captum's definition), with a second backward pass from the same seed.
+
+On a vision transformer the layer is a token map [N, T, D] (`onnxsal.tokens`): the prefix tokens
+(class, distillation, register) are dropped and the h·w patch tokens read as the grid [N, D, h, w]
+(h, w from the patch embedding Conv, or `grid=`), then the same weights, ReLU and upsampling. The
+default layer there is the input of the last attention block (pytorch-grad-cam's `blocks[-1].norm1`).
 """
 
 from __future__ import annotations
@@ -15,15 +20,18 @@ from onnx import helper
 from ..autodiff import GRADIENT, SeedSpec, differentiable_path, differentiate, rule_set
 from ..errors import InvalidInputError
 from ..layers import feature_maps, guess_layout, resolve_layer
+from ..tokens import TokenMap, token_layer
 from . import Method, register
 from .graphs import AttributionGraph, GraphEditor
 
 INTERPOLATIONS = ("bilinear", "nearest")
 
 
-def find_layer(explainer, x: str, layer: str | None):
-    path = differentiable_path(explainer.view, GRADIENT, [x], explainer.output)
-    return resolve_layer(explainer.view, feature_maps(explainer.view, [n.name for n in path]), layer)
+def find_layer(explainer, x: str, layer: str | None, grid=None):
+    """The layer: a token map on a transformer (or a named rank-3 value), else a feature map."""
+    path = [n.name for n in differentiable_path(explainer.view, GRADIENT, [x], explainer.output)]
+    tokens = token_layer(explainer.view, path, layer, grid)
+    return tokens if tokens is not None else resolve_layer(explainer.view, feature_maps(explainer.view, path), layer)
 
 
 def _weights(e, grad: str, activations: str, spatial: list[int], plus: bool, dtype) -> str:
@@ -54,14 +62,14 @@ def _upsample(e, cam: str, x: str, x_layout: str, interpolation: str, dtype) -> 
 
 
 def build_gradcam(explainer, target_kind, softmax, wrt, layer=None, interpolation="bilinear", normalize=None,
-                  plus=False, guided=False, name="gradcam"):
+                  plus=False, guided=False, name="gradcam", grid=None):
     if interpolation not in INTERPOLATIONS:
         raise InvalidInputError(f"interpolation must be one of {INTERPOLATIONS}, not {interpolation!r}.")
     x = wrt[0]
     x_shape = explainer.view.shape(x)
     if x_shape is None or len(x_shape) != 4:
         raise InvalidInputError(f"Grad-CAM explains image inputs of rank 4; {x!r} has shape {x_shape}.")
-    fm = find_layer(explainer, x, layer)
+    fm = find_layer(explainer, x, layer, grid)
     gg = explainer.gradient_graph("gradient", softmax, target_kind, [fm.value])
     model, drop = gg.model, [gg.grads[fm.value]]
     guided_grad = None
@@ -73,10 +81,17 @@ def build_gradcam(explainer, target_kind, softmax, wrt, layer=None, interpolatio
     ed = GraphEditor(model, prefix=f"{name}/")
     e = ed.e
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(explainer.view.elem_type(fm.value) or onnx.TensorProto.FLOAT))
-    weights = _weights(e, gg.grads[fm.value], fm.value, fm.spatial_axes, plus, dtype)
-    cam = e.op("Relu", [e.reduce("ReduceSum", e.op("Mul", [weights, fm.value]), [fm.channel_axis], keepdims=1)])
-    if fm.layout == "NHWC":
-        cam = e.transpose(cam, [0, 3, 1, 2])
+    if isinstance(fm, TokenMap):  # patch tokens [N, h·w, D]: the grid's positions on axis 1, channels on axis 2
+        (h, w), lo = fm.grid, fm.prefix
+        acts = e.slice(fm.value, [lo], [lo + h * w], [1])
+        weights = _weights(e, e.slice(gg.grads[fm.value], [lo], [lo + h * w], [1]), acts, [1], plus, dtype)
+        cam = e.op("Relu", [e.reduce("ReduceSum", e.op("Mul", [weights, acts]), [2], keepdims=1)])
+        cam = e.op("Reshape", [cam, e.ints([0, 1, h, w], name="grid")])
+    else:
+        weights = _weights(e, gg.grads[fm.value], fm.value, fm.spatial_axes, plus, dtype)
+        cam = e.op("Relu", [e.reduce("ReduceSum", e.op("Mul", [weights, fm.value]), [fm.channel_axis], keepdims=1)])
+        if fm.layout == "NHWC":
+            cam = e.transpose(cam, [0, 3, 1, 2])
     x_layout = guess_layout(x_shape)
     cam = _upsample(e, cam, x, x_layout, interpolation, dtype)
     if normalize is None:
@@ -102,9 +117,9 @@ def build_gradcam(explainer, target_kind, softmax, wrt, layer=None, interpolatio
 
 
 def _variant(name: str, plus: bool = False, guided: bool = False):
-    def build(explainer, target_kind, softmax, wrt, layer=None, interpolation="bilinear", normalize=None):
+    def build(explainer, target_kind, softmax, wrt, layer=None, interpolation="bilinear", normalize=None, grid=None):
         return build_gradcam(explainer, target_kind, softmax, wrt, layer=layer, interpolation=interpolation,
-                             normalize=normalize, plus=plus, guided=guided, name=name)
+                             normalize=normalize, plus=plus, guided=guided, name=name, grid=grid)
 
     return build
 
