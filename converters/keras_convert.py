@@ -51,6 +51,8 @@ def _tf():
         raise ConversionError(
             "converting a Keras or TensorFlow model needs tensorflow and tf2onnx: pip install 'onnxsal[tensorflow]'."
         ) from None
+    from . import tf2onnx_ops  # noqa: F401  (registers the handlers tf2onnx lacks: Erfc, the exact GELU)
+
     return tf
 
 

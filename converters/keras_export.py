@@ -70,6 +70,8 @@ def export_keras(model, path: str | os.PathLike | None = None, *, opset: int = 1
         raise ImportError("export_keras needs tensorflow and tf2onnx: pip install 'onnxsal[tensorflow]'.") from exc
     import onnx
 
+    from . import tf2onnx_ops  # noqa: F401  (registers the handlers tf2onnx lacks: Erfc, the exact GELU)
+
     try:
         import keras
 

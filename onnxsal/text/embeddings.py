@@ -30,6 +30,12 @@ from ..errors import UnsupportedModelError
 # ops that carry token ids (or a tensor) along without changing a value: followed from a graph input
 # to the Gather that uses the ids, and from the summed embeddings to their normalisation
 CARRIERS = ("Reshape", "Unsqueeze", "Squeeze", "Cast", "Identity", "Flatten", "Dropout", "Expand")
+# elementwise integer (and boolean) arithmetic that fixes ids up from one input and constants: Keras'
+# Embedding looks its ids up through tf.where(ids < 0, ids + vocab, ids), which tf2onnx writes as
+# Cast(Less(ids, 0))·(ids + vocab) + Cast(Not(Less(ids, 0)))·ids
+INDEX_OPS = ("Add", "Sub", "Mul", "Mod", "Neg", "Abs", "Min", "Max", "Clip", "Where", "Less", "LessOrEqual", "Greater",
+             "GreaterOrEqual", "Equal", "Not", "And", "Or")
+RANDOM = ("Random", "Bernoulli", "Multinomial")  # ops whose constant inputs do not make a constant
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 ALIASES = {"embeddings": "word", "embeddings:word": "word", "embeddings:sum": "sum", "embeddings:output": "output"}
@@ -63,12 +69,20 @@ def _table(view, name: str) -> tuple[int, int] | None:
 
 
 def _id_sources(view) -> dict[str, str]:
-    """Values that are an integer graph input carried through shape-only ops -> that input."""
+    """Values that are an integer graph input carried through shape-only ops, or fixed up by
+    elementwise index arithmetic with constants (INDEX_OPS) -> that input."""
     source = {name: name for name in view.input_names if view.elem_type(name) in INT_TYPES}
+    constant = set(view.initializers) | {n.output[0] for n in view.nodes if n.op_type == "Constant" and n.output}
     for node in view.nodes:  # the view orders nodes topologically
         if node.op_type in CARRIERS and node.input and node.input[0] in source:
             for out in node.output[:1]:
                 source[out] = source[node.input[0]]
+        elif node.op_type in INDEX_OPS:
+            origins = {source[x] for x in node.input if x in source}
+            if len(origins) == 1 and all(x in source or x in constant for x in node.input if x):
+                source[node.output[0]] = origins.pop()
+        elif node.input and all(x in constant for x in node.input if x) and not node.op_type.startswith(RANDOM):
+            constant.update(o for o in node.output if o)
     return source
 
 
@@ -136,9 +150,29 @@ def embedding_sum(model) -> str:
         value = _skip_carriers(view, add.output[0])
 
 
+def _whole_slice(view, node) -> bool:
+    """A Slice that keeps all of its input: starts 0, steps 1, ends past each axis (tf2onnx writes
+    Keras' `x[None]` as an Unsqueeze followed by such a Slice, with end 1e9)."""
+    if node.op_type != "Slice" or len(node.input) < 3:
+        return False
+    starts, ends, shape = view.const(node.input[1]), view.const(node.input[2]), view.shape(node.input[0])
+    given = [view.const(node.input[i]) if len(node.input) > i and node.input[i] else None for i in (3, 4)]
+    if starts is None or ends is None or shape is None or any(
+            len(node.input) > i and node.input[i] and v is None for i, v in zip((3, 4), given)):
+        return False
+    axes = range(len(starts)) if given[0] is None else given[0]
+    if given[1] is not None and any(int(step) != 1 for step in given[1]):
+        return False
+    for axis, start, end in zip(axes, starts, ends):
+        dim = shape[int(axis)] if -len(shape) <= int(axis) < len(shape) else None
+        if int(start) != 0 or not (int(end) >= 2 ** 29 or isinstance(dim, int) and int(end) >= dim):
+            return False
+    return True
+
+
 def _through_carriers_back(view, name: str) -> str:
     node = view.producer.get(name)
-    while node is not None and node.op_type in CARRIERS:
+    while node is not None and (node.op_type in CARRIERS or _whole_slice(view, node)):
         name = node.input[0]
         node = view.producer.get(name)
     return name
