@@ -471,6 +471,20 @@ def test_tiny_transformer_rules():
     assert sum(1 for row in rows if row["op_type"] == "MatMul" and row["kind"] == "product") == 4
 
 
+def test_attnlrp_rules_in_a_mapping():
+    """The new kinds and rules can be named in a mapping, over the base map or over AttnLRP."""
+    _, proto, _, _ = _tiny(written_out=False)
+    mapping = {"Softmax": "softmaxdtd", "product": ("uniformepsilon", {"stabilizer": 1e-3}),
+               "LayerNormalization": "layernormidentity", "gate": "gate"}
+    rows = rule_table(proto, resolve(mapping), ["x"], "logits")[0]
+    rules = {(row["op_type"], row["rule"]) for row in rows}
+    assert {("Softmax", "softmaxdtd"), ("MatMul", "uniformepsilon(stabilizer=0.001)"),
+            ("LayerNormalization", "layernormidentity(stabilizer=1e-06)")} <= rules
+    assert ("Mul", "gate") not in rules  # the base map tells no gates apart: the GELU product is a product
+    rows = rule_table(proto, resolve("AttnLRP").with_rules({"gate": "uniform"}), ["x"], "logits")[0]
+    assert {row["rule"] for row in rows if row["kind"] == "gate"} == {"uniform"}
+
+
 def test_inspect_lists_attnlrp_rules(tmp_path):
     from tests.test_cli import cli
 

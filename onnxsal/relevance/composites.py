@@ -34,8 +34,8 @@ ACTIVATIONS = {
     "Abs", "Reciprocal", "Softmax", "LogSoftmax", "Sin", "Cos", "Tan", "Atan", "Sinh", "Cosh", "Asinh", "Pow",
 }
 AVGPOOL = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "LpPool"}
-KINDS = ("convolution", "dense", "activation", "sum", "avgpool", "scaling", "product", "batchnorm", "gate", "normaliser",
-         "centring", "other")
+KINDS = ("convolution", "dense", "activation", "sum", "avgpool", "scaling", "product", "batchnorm", "gate",
+         "normaliser", "centring", "other")
 
 
 def node_kind(node: onnx.NodeProto, live: set[str]) -> str:
@@ -188,6 +188,8 @@ def make_rule(spec) -> LrpRule:
     """A rule from an LrpRule, a name ("epsilon", "zplus", ...) or (name, {parameters})."""
     if isinstance(spec, LrpRule):
         return spec
+    from . import transformer  # noqa: F401  (registers AttnLRP's rules: "softmaxdtd", "gate", ...)
+
     name, params = (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
     cls = RULES.get(str(name).lower())
     if cls is None:

@@ -18,7 +18,7 @@ from ..autodiff.graph import GraphView
 from ..autodiff.variants import identity_at_output
 from ..prepare import lower
 from .canonize import canonize as canonize_graph
-from .composites import Composite, node_kind
+from .composites import Composite
 from .rules import LrpRule
 
 Assignment = dict[str, tuple[LrpRule, str]]
@@ -82,9 +82,10 @@ def rule_table(model: onnx.ModelProto, composite: Composite, wrt: list[str], out
     view = GraphView(model)
     nodes, live = live_path(view, GRADIENT, wrt, output)
     assignment = composite.assign(view, nodes, live)
+    kinds = composite.kinds(view, nodes, live)
     rows = []
     for n in nodes:
         rule, why = assignment.get(n.name, (None, ""))
-        rows.append({"node": n.name, "op_type": n.op_type, "kind": node_kind(n, live),
+        rows.append({"node": n.name, "op_type": n.op_type, "kind": kinds[n.name],
                      "rule": rule.describe() if rule is not None else "gradient", "by": why or "default"})
     return rows, notes

@@ -46,7 +46,7 @@ from ..autodiff.registry import RuleContext
 from ..autodiff.rules.activations import softmax_axes
 from ..autodiff.rules.reduce import reduced_axes
 from .composites import Composite, Entry, layer_map_base
-from .rules import DEFAULT_STABILIZER, Epsilon, LrpRule, stabilise
+from .rules import DEFAULT_STABILIZER, RULES, Epsilon, LrpRule, stabilise
 
 # ops that compute each output element from the same element of their inputs (and constants)
 ELEMENTWISE = {
@@ -247,6 +247,12 @@ class Gate(LrpRule):
         base = root(ctx.view, ctx.node.input[wanted[0]])
         keep = [i for i in wanted if is_affine_in(ctx.view, ctx.node.input[i], base)]
         return _others_zero(ctx, r, keep or wanted)
+
+
+# named in mappings like the other rules (`composites.make_rule` imports this module)
+RULES.update({cls.__name__.lower(): cls for cls in (UniformEpsilon, SoftmaxDTD, LayerNormIdentity, Centre, Normaliser,
+                                                     Gate)})
+RULES.update({"uniform_epsilon": UniformEpsilon, "softmax_dtd": SoftmaxDTD, "layer_norm_identity": LayerNormIdentity})
 
 
 # ---------------------------------------------------------------------------------------------------
