@@ -15,6 +15,7 @@ from .errors import NeedsShapesError, OnnxsalError
 from .explainer import Explainer
 from .layers import feature_maps, guess_layout, resolve_layer
 from .prepare import LOWERINGS
+from .text.embeddings import ALIASES as EMBEDDING_ALIASES, find_embeddings, resolve as resolve_embeddings
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Report:
     composite: str | None = None  # with inspect_model(composite=...): the LRP rule of each node on the path
     lrp_rules: list[dict] = field(default_factory=list)
     canonized: list[str] = field(default_factory=list)
+    embeddings: list[dict] = field(default_factory=list)  # a token model's lookups (wrt="embeddings", ...)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +62,14 @@ def inspect_model(model, output: str | None = None, wrt: str | None = None, inpu
     view = ex.view
     spec = lambda s: {"name": s.name, "dtype": s.dtype.name, "shape": [d if isinstance(d, int) else (d or "?") for d in (s.shape or [])]}  # noqa: E731
     floats = [s.name for s in ex.inputs if s.dtype.kind == "f"]
-    x = wrt or (floats[0] if floats else None)
+    lookups = find_embeddings(view)
+    x = wrt or (floats[0] if floats else None) or ("embeddings" if any(e.ids for e in lookups) else None)
+    embedding_problem = None
+    if x in EMBEDDING_ALIASES:
+        try:
+            x = resolve_embeddings(view, x)
+        except OnnxsalError as exc:
+            x, embedding_problem = None, str(exc)
     report = Report(
         path=str(model) if isinstance(model, (str, os.PathLike)) else "<in memory>",
         ir_version=ex.model.ir_version,
@@ -73,9 +82,10 @@ def inspect_model(model, output: str | None = None, wrt: str | None = None, inpu
         layout=guess_layout(view.shape(x)) if x and view.rank(x) == 4 else None,
         op_histogram=dict(Counter(n.op_type for n in view.nodes).most_common()),
         metadata={p.key: p.value for p in ex.model.metadata_props},
+        embeddings=[{"value": e.output, "table": e.table, "ids": e.ids, "vocab": e.vocab, "hidden": e.hidden} for e in lookups],
     )
     if x is None:
-        report.problem = "the model has no float input to explain."
+        report.problem = embedding_problem or "the model has no float input (nor embedding lookup) to explain."
         return report
     try:
         nodes = differentiable_path(view, GRADIENT, [x], ex.output, check_rules=False)
@@ -204,6 +214,10 @@ def format_report(r: Report, max_rows: int = 8) -> str:
         lines.append(f"{title}:")
         lines += [f"  {s['name']}: {s['dtype']} {s['shape']}" for s in specs]
     lines.append(f"explains: d {r.explained_output} / d {r.explained_input}" + (f"  (layout {r.layout})" if r.layout else ""))
+    if any(e["ids"] for e in r.embeddings):
+        lines.append("embedding lookups (wrt='embeddings' is the word embeddings; also 'embeddings:sum', 'embeddings:output'):")
+        lines += [f"  {e['value']}: {e['table']} [{e['vocab']}, {e['hidden']}] indexed by "
+                  + (repr(e["ids"]) if e["ids"] else "ids computed in the graph") for e in r.embeddings]
     ops = ", ".join(f"{k} {v}" for k, v in r.op_histogram.items())
     lines.append(f"ops ({sum(r.op_histogram.values())} nodes): {ops}")
     if r.problem:

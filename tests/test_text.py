@@ -228,6 +228,16 @@ def test_embeddings_found_in_distilbert(distilbert):
     assert distilbert.ex.view.producer[embedding_output(distilbert.ex.model)].op_type == "LayerNormalization"
 
 
+def test_inspect_lists_the_embeddings_and_explains_from_them(bert):
+    from onnxsal.inspection import format_report, inspect_model
+
+    report = inspect_model(bert.path)
+    assert report.differentiable and report.explained_input == word_embeddings(bert.ex.model).output
+    assert {e["ids"] for e in report.embeddings} == {"input_ids", "token_type_ids", None}
+    assert "embedding lookups" in format_report(report)
+    assert inspect_model(bert.path, wrt="embeddings:output").explained_input == embedding_output(bert.ex.model)
+
+
 def test_token_model_is_explained_from_its_embeddings_by_default(bert):
     """No float input: Explainer.attribute explains the word embeddings, batch on the token ids."""
     default = bert.ex.attribute(bert.feeds, target=TARGET)
@@ -499,6 +509,15 @@ def test_cli_bad_tokenizer_is_one_sentence_and_writes_nothing(bert, tmp_path):
     assert rc == 2 and "does not exist" in stderr and len(stderr.strip().splitlines()) == 1 and not out.exists()
     rc, _, stderr = cli("explain", bert.path, "--text", "a good movie", "-o", out)
     assert rc == 2 and "--text and --tokenizer go together" in stderr and not out.exists()
+
+
+def test_cli_text_bad_target_and_token_free_model_are_one_sentence(bert, tokenizer_file, tmp_path):
+    out = tmp_path / "out"
+    rc, _, stderr = cli("explain", bert.path, "--text", "a good movie", "--tokenizer", tokenizer_file, "-t", 7, "-o", out)
+    assert rc == 2 and "out of range" in stderr and len(stderr.strip().splitlines()) == 1 and not out.exists()
+    image_model = ROOT / "onnxsal" / "data" / "mnist_cnn.onnx"
+    rc, _, stderr = cli("explain", image_model, "--text", "a good movie", "--tokenizer", tokenizer_file, "-o", out)
+    assert rc == 2 and "does not read token ids" in stderr and len(stderr.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_text_package_imports_neither_torch_nor_tokenizers():

@@ -138,10 +138,17 @@ def explain_text(model, texts, tokenizer, method: str = "integrated_gradients", 
 
             options["baselines"] = {token_ids_input(ex.view): np.where(encoded.special, encoded.ids, pad_id(tok))}
     scores_out = ex.predict(feeds)
+    if scores_out.ndim != 2:
+        raise InvalidInputError(f"output {ex.output!r} has shape {scores_out.shape}; texts are explained here for an "
+                                f"output [texts, classes or dims]: for a language model's token logits, pass "
+                                f"target=onnxsal.text.logit_seed(...) to Explainer.attribute.")
     if target is None:
-        flat = scores_out.reshape(scores_out.shape[0], scores_out.shape[1] if scores_out.ndim > 1 else 1, -1).sum(-1)
-        target = flat.argmax(axis=1)
-    target = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(encoded.tokens),)).copy()
+        target = scores_out.argmax(axis=1)
+    given = np.asarray(target)
+    if given.dtype.kind not in "iu" or given.ndim > 1 or (given.ndim == 1 and len(given) != len(encoded.tokens)):
+        raise InvalidInputError(f"target must be a class (or dimension) index, or one per text ({len(encoded.tokens)}), "
+                                f"not {target!r}.")
+    target = np.broadcast_to(given.astype(np.int64), (len(encoded.tokens),)).copy()
     attribution = ex.attribute(feeds, target=target, method=method, wrt=wrt, **options)
     if attribution.ndim != 3 or attribution.shape[:2] != encoded.ids.shape:
         raise InvalidInputError(f"the explained tensor has shape {attribution.shape}, not [texts, tokens, hidden] "
@@ -150,9 +157,7 @@ def explain_text(model, texts, tokenizer, method: str = "integrated_gradients", 
     rows = []
     for i, tokens in enumerate(encoded.tokens):
         k = len(tokens)
-        label = f"class {target[i]}"
-        if scores_out.ndim == 2:
-            label += f" (score {float(scores_out[i, target[i]]):.3g}; top class {int(scores_out[i].argmax())})"
+        label = f"class {target[i]} (score {float(scores_out[i, target[i]]):.3g}; top class {int(scores_out[i].argmax())})"
         rows.append(TokenRow(tokens, scores[i, :k], label, float(scores[i, :k].sum())))
     return TextResult(rows, attribution, scores, target)
 
