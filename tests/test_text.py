@@ -363,6 +363,28 @@ def test_sentence_embedding_dimension_as_target(sentence):
     assert r <= TOL
 
 
+def test_dynamo_export_is_explained_the_same(bert, folder):
+    """torch's newer exporter (torch.export, opset 20) names and orders the graph differently; the
+    embeddings are found there too and Integrated Gradients still matches LayerIntegratedGradients."""
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=32)
+    axes = {name: {0: batch, 1: seq} for name in bert.names}
+    program = torch.onnx.export(bert.forward, bert.torch_args, dynamo=True, dynamic_shapes=axes, input_names=bert.names,
+                                output_names=["out"], verbose=False)
+    program.save(str(folder / "bert_dynamo.onnx"))
+    bert.forward.eval()
+    ex = onnxsal.Explainer(folder / "bert_dynamo.onnx", providers="cpu")
+    assert word_embeddings(ex.model).table == "inner.bert.embeddings.word_embeddings.weight"
+    for wrt in ("embeddings", "embeddings:output"):
+        ours = ex.attribute(bert.feeds, target=TARGET, method="integrated_gradients", wrt=wrt, n_steps=N_STEPS,
+                            baselines=bert.baseline_ids)
+        lig = captum_attr.LayerIntegratedGradients(bert.forward, bert.layers[wrt])
+        theirs = lig.attribute(bert.torch_args[0], baselines=torch.from_numpy(bert.baseline_ids),
+                               additional_forward_args=bert.extra(), target=captum_target(), n_steps=N_STEPS)
+        r = rel(ours, theirs.detach())
+        print(f"\nbert (dynamo export) IG wrt {wrt}: rel {r:.2e}")
+        assert r <= TOL
+
+
 class LanguageModel(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()
