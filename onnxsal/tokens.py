@@ -93,15 +93,30 @@ def _feeds_values_matmul(view: GraphView, value: str, depth: int = 0) -> bool:
     return False
 
 
-def attention_blocks(view: GraphView, nodes=None) -> list[Attention]:
-    """The self-attention blocks of the graph (among `nodes`, node names, when given), in order."""
-    found = []
+def _attention_softmaxes(view: GraphView, nodes=None):
+    """(Softmax node, queries·keys MatMul) of each Softmax between a MatMul of two activations and
+    a MatMul with the values, whatever its shape."""
     for n in view.nodes:
         if n.op_type != "Softmax" or (nodes is not None and n.name not in nodes):
             continue
+        mm = _scores_matmul(view, n.input[0])
+        if mm is not None and _feeds_values_matmul(view, n.output[0]):
+            yield n, mm
+
+
+def attention_blocks(view: GraphView, nodes=None) -> list[Attention]:
+    """The self-attention blocks of the graph (among `nodes`, node names, when given), in order.
+
+    Raises NeedsShapesError when an attention's rank is unknown (old-opset exports with a dynamic
+    batch), so that the caller's Explainer specialises the model on the call's input shapes."""
+    found = []
+    for n, mm in _attention_softmaxes(view, nodes):
         probs = n.output[0]
         shape = view.shape(probs)
-        if shape is None or len(shape) != 4:
+        if shape is None:
+            raise NeedsShapesError(f"the shape of the attention map {probs!r} is unknown to shape inference; "
+                                   f"fix the input shape (input_shapes= / --input-shape).")
+        if len(shape) != 4:
             continue
         axis = next((a.i for a in n.attribute if a.name == "axis"), -1 if view.opset >= 13 else 1)
         if axis not in (-1, 3):
@@ -109,9 +124,6 @@ def attention_blocks(view: GraphView, nodes=None) -> list[Attention]:
         q_len, k_len = shape[2], shape[3]
         if isinstance(q_len, int) and isinstance(k_len, int) and q_len != k_len:
             continue  # cross-attention: not a token-to-token map
-        mm = _scores_matmul(view, n.input[0])
-        if mm is None or not _feeds_values_matmul(view, probs):
-            continue
         found.append(Attention(n.name, probs, mm.input[0], mm.input[1]))
     return found
 

@@ -20,7 +20,8 @@ batch dynamic):
 2. Attention rollout against a NumPy rollout of the model's own attentions (transformers'
    output_attentions=True; for timm, softmax(q k^T · scale) from hooks on each block's qkv), with
    mean/max/min head fusion and discard_ratio, rel <= 1e-5; the compiled graph in a bare
-   onnxruntime session gives the same numbers.
+   onnxruntime session gives the same numbers. Exports at opsets 9 and 12 (decomposed LayerNorm,
+   unknown shapes) give the opset-17 maps.
 3. Refusals are one sentence: no attention in the graph, no class token, a grid that does not
    fit, bad options.
 """
@@ -322,6 +323,26 @@ def test_rollout_matches_timm_attention(timm_vit):
         assert ours.shape == (2, 1, 64, 64)
         assert ref.max() > 1.5 * ref.min(), "a flat reference tells nothing"
         assert rel(ours, ref) <= ROLLOUT_TOL, f"{head_fusion}/{discard_ratio}: rel {rel(ours, ref):.3g}"
+
+
+@pytest.mark.parametrize("opset", [9, 12])
+def test_old_opset_exports_give_the_same_maps(hf_vit, tmp_path, opset):
+    """Below opset 17 torch writes LayerNorm out as ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add, Softmax has
+    opset 11's semantics, the shapes are unknown until the input is fixed, and (opset 9) TopK and
+    Scatter take attributes: the default layer is then the decomposed LayerNorm's output, and
+    Grad-CAM and rollout agree with the opset-17 file."""
+    case = hf_vit
+    torch.onnx.export(Logits(case.model), (torch.zeros(1, 3, 32, 32),), str(tmp_path / "old.onnx"),
+                      input_names=["pixel_values"], output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}},
+                      opset_version=opset, dynamo=False)
+    old = onnxsal.Explainer(str(tmp_path / "old.onnx"), providers="cpu")
+    assert not any(n.op_type == "LayerNormalization" for n in old.model.graph.node)
+    graph, _ = old.specialised({"pixel_values": [2, 3, 32, 32]}).method_graph("gradcam")
+    assert "/layers.1/layernorm_before/" in graph.extras["layer"]
+    for method, options in (("gradcam", {}), ("attention_rollout", {}), ("attention_rollout", {"discard_ratio": 0.5})):
+        ours = old.attribute(case.x, method=method, normalize=False, **options)
+        new = case.explainer.attribute(case.x, method=method, normalize=False, **options)
+        assert rel(ours, new) <= 1e-5, f"{method} {options} at opset {opset}: rel {rel(ours, new):.3g}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def build_rollout(explainer, target_kind, softmax, wrt, head_fusion="mean", disc
         fused = e.reduce(HEAD_FUSIONS[head_fusion], a.probs, [1], keepdims=0)  # [N, T, T]
         if n_discard:
             flat = e.op("Reshape", [fused, e.ints([0, t * t], name="flat")])
-            _, lowest = e.op("TopK", [flat, e.ints([n_discard], name="k")], n_out=2, largest=0, sorted=1, axis=-1)
+            lowest = _lowest(e, flat, n_discard)
             ones = e.op("ConstantOfShape", [e.op("Shape", [flat])],
                         value=helper.make_tensor("value", helper.np_dtype_to_tensor_dtype(dtype), [1], [1]))
             zeros = e.zeros_like(lowest, dtype)
@@ -104,6 +104,15 @@ def build_rollout(explainer, target_kind, softmax, wrt, head_fusion="mean", disc
     shape[1 if x_layout == "NCHW" else 3] = 1
     model = ed.finish([(out, et, shape)])
     return AttributionGraph(model, {x: out}, target_input, seed_input)
+
+
+def _lowest(e, flat: str, k: int) -> str:
+    """Indices [N, k] of the k smallest entries of each row: TopK of the negated row (TopK's `largest`
+    attribute needs opset 11; k is an input from opset 10, an attribute before)."""
+    negated = e.op("Neg", [flat])
+    if e.opset >= 10:
+        return e.op("TopK", [negated, e.ints([k], name="k")], n_out=2, axis=-1)[1]
+    return e.op("TopK", [negated], n_out=2, axis=-1, k=k)[1]
 
 
 def _ignored_target(ed: GraphEditor, explainer, x_shape, target_kind: str):
