@@ -14,8 +14,10 @@ as Unsqueeze + a whole Slice; torch writes LayerNormalization, Gemm/MatMul and x
 
 1. The Keras model computes the torch model's logits (Keras itself and both ONNX files).
 2. The embeddings are found automatically in both files (`wrt="embeddings"`: word, token-type and
-   position lookups, their sum), and unit tests of the tf2onnx forms on hand-made graphs.
-3. Agreement: Integrated Gradients from the word embeddings and from their sum (padding-token
+   position lookups, their sum, the LayerNorm after it), and unit tests of the tf2onnx forms on
+   hand-made graphs.
+3. Agreement: Integrated Gradients from the word embeddings, their sum and the embedding block's
+   LayerNorm output (padding-token
    baseline ids, [CLS]/[SEP] kept; and a zero-embedding baseline; 16 Gauss-Legendre steps), gradient
    and input × gradient: the attributions [N, T, hidden] and the token scores of the Keras export
    equal the torch export's, rel = max|keras − torch| / max|torch| <= TOL, on a batch whose second
@@ -46,7 +48,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxsal
-from onnxsal.text import embedding_sum, find_embeddings, token_scores, word_embeddings
+from onnxsal.text import embedding_output, embedding_sum, find_embeddings, token_scores, word_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # max|keras - torch| / max|torch|, attributions and token scores
@@ -193,6 +195,10 @@ def test_the_two_exports_differ_and_both_embeddings_are_found(exports):
         view = ex.view
         total = view.producer[embedding_sum(ex.model)]
         assert total.op_type == "Add"  # word + position + token type
+        # the block's output: torch's LayerNormalization; in the Keras file the last op of the LayerNorm
+        # written out (x·inv + (beta − mean·inv)), whose ops all lie between the sum and it
+        out = view.producer[embedding_output(ex.model)]
+        assert out.op_type == ("Add" if ex is exports.keras else "LayerNormalization")
         # the gradient at the sum is the gradient at the word embeddings (the sum is found right)
         at_sum = ex.attribute(exports.feeds, target=TARGET, wrt="embeddings:sum")
         at_word = ex.attribute(exports.feeds, target=TARGET, wrt="embeddings")
@@ -220,7 +226,7 @@ SUM_NOISE = 1e-5
 
 
 @needs_tf
-@pytest.mark.parametrize("wrt", ["embeddings", "embeddings:sum"])
+@pytest.mark.parametrize("wrt", ["embeddings", "embeddings:sum", "embeddings:output"])
 @pytest.mark.parametrize("method,baseline", CASES, ids=[f"{m}-{b}" if b else m for m, b in CASES])
 def test_keras_and_torch_exports_get_the_same_token_scores(exports, method, baseline, wrt):
     options = {}
@@ -276,10 +282,12 @@ def test_keras_exact_gelu_exports_through_the_erfc_handler(exports):
 # 3. tf2onnx's embedding forms on hand-made graphs (no TensorFlow needed)
 
 
-def _keras_like_graph(index_fix: bool = True, whole_slice: bool = True, mixed: bool = False) -> onnx.ModelProto:
+def _keras_like_graph(index_fix: bool = True, whole_slice: bool = True, mixed: bool = False, norm: str | None = None,
+                      residual: bool = False) -> onnx.ModelProto:
     """ids -> [Keras' index fix] -> Gather(word table); positions Range -> Gather(position table) ->
-    Unsqueeze -> [whole Slice]; sum -> Relu -> summed per sample [N, 1]. `mixed`: the word ids are ids + other
-    (two inputs), which are no token ids of one input any more."""
+    Unsqueeze -> [whole Slice]; sum -> [LayerNorm written out: `norm` "sqrt" as tf2onnx writes
+    Keras', "pow" with Pow(·, 0.5)] -> [`residual`: + sum, as GPT-2's blocks] -> Relu -> summed per
+    sample [N, 1]. `mixed`: the word ids are ids + other (two inputs), no token ids of one input."""
     v, h = 10, 4
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(size=(v, h)).astype(np.float32), "word_table"),
@@ -311,7 +319,29 @@ def _keras_like_graph(index_fix: bool = True, whole_slice: bool = True, mixed: b
     if whole_slice:
         nodes.append(helper.make_node("Slice", ["pos1", "starts", "ends", "starts"], ["pos_sliced"]))
         pos = "pos_sliced"
-    nodes += [helper.make_node("Add", ["word", pos], ["sum"]), helper.make_node("Relu", ["sum"], ["r"]),
+    nodes.append(helper.make_node("Add", ["word", pos], ["sum"]))
+    last = "sum"
+    if norm:  # mean, squared difference, variance, 1/sqrt(var + eps), scale, shift
+        nodes += [helper.make_node("ReduceMean", ["sum"], ["mean"], axes=[-1]),
+                  helper.make_node("Sub", ["sum", "mean"], ["centred"]),
+                  helper.make_node("Mul", ["centred", "centred"], ["squared"]),
+                  helper.make_node("ReduceMean", ["squared"], ["var"], axes=[-1]),
+                  helper.make_node("Add", ["var", "eps"], ["var_eps"]),
+                  helper.make_node("Sqrt", ["var_eps"], ["std"]) if norm == "sqrt"
+                  else helper.make_node("Pow", ["var_eps", "half"], ["std"]),
+                  helper.make_node("Reciprocal", ["std"], ["inv"]), helper.make_node("Mul", ["centred", "inv"], ["unit"]),
+                  helper.make_node("Mul", ["unit", "gamma"], ["scaled"]),
+                  helper.make_node("Add", ["scaled", "beta"], ["normed"])]
+        inits += [numpy_helper.from_array(np.array(1e-12, np.float32), "eps"),
+                  numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+                  numpy_helper.from_array(rng.uniform(0.5, 1.5, h).astype(np.float32), "gamma"),
+                  numpy_helper.from_array(rng.normal(size=h).astype(np.float32), "beta")]
+        last = "normed"
+    if residual:
+        nodes += [helper.make_node("MatMul", [last, "w"], ["mixed_h"]), helper.make_node("Add", ["sum", "mixed_h"], ["res"])]
+        inits.append(numpy_helper.from_array(rng.normal(size=(h, h)).astype(np.float32), "w"))
+        last = "res"
+    nodes += [helper.make_node("Relu", [last], ["r"]),
               helper.make_node("ReduceSum", ["r", "axes12"], ["y"], keepdims=0),
               helper.make_node("Unsqueeze", ["y", "axis1"], ["out"])]
     inits += [numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
@@ -340,6 +370,18 @@ def test_whole_slice_only_is_a_carrier():
         if init.name == "ends":  # a Slice that keeps only part of the position table is no lookup any more
             init.CopyFrom(numpy_helper.from_array(np.array([0], np.int32), "ends"))
     assert embedding_sum(model) == "word"
+
+
+def test_layer_norm_written_out_is_the_embedding_output():
+    """tf2onnx writes Keras' LayerNormalization in elementary ops: `embeddings:output` is its output."""
+    assert embedding_output(_keras_like_graph()) == "sum"  # nothing normalises the sum
+    for root in ("sqrt", "pow"):
+        model = _keras_like_graph(norm=root)
+        onnx.checker.check_model(model)
+        assert embedding_output(model) == "normed" and embedding_sum(model) == "sum"
+    # a residual branch around the normalisation (GPT-2's blocks): the block's output is the sum
+    assert embedding_output(_keras_like_graph(norm="sqrt", residual=True)) == "sum"
+    assert embedding_output(_keras_like_graph(residual=True)) == "sum"
 
 
 def test_ids_mixed_from_two_inputs_are_not_token_ids():

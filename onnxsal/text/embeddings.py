@@ -12,8 +12,8 @@ explained, and they are what Captum users pass to LayerIntegratedGradients:
 
 - the word embeddings (`model.bert.embeddings.word_embeddings`): the default;
 - their sum with the other lookups (the input of the block's LayerNormalization);
-- the block's output (`model.bert.embeddings`): the LayerNormalization after the sum, or the sum
-  when none follows.
+- the block's output (`model.bert.embeddings`): the LayerNormalization after the sum (the op, or
+  its elementary ops as tf2onnx writes Keras'), or the sum when none follows.
 
 `resolve(view, "embeddings" | "embeddings:sum" | "embeddings:output")` names the tensor; anything
 else is taken as the name of a tensor already.
@@ -180,13 +180,65 @@ def _through_carriers_back(view, name: str) -> str:
 
 def embedding_output(model) -> str:
     """The output of the embedding block: the LayerNormalization applied to the summed embeddings
-    (BERT, DistilBERT), else the sum itself (GPT-2 adds its lookups and normalises per layer)."""
+    (BERT, DistilBERT; the op, or written out), else the sum itself (GPT-2 adds its lookups and
+    normalises per layer)."""
     view = _view(model)
     total = embedding_sum(view)
     users = view.consumers.get(total, [])
     if len(users) == 1 and users[0].op_type == "LayerNormalization" and users[0].input[0] == total:
         return _skip_carriers(view, users[0].output[0])
-    return total
+    written_out = _decomposed_norm(view, total)
+    return total if written_out is None else _skip_carriers(view, written_out)
+
+
+# a LayerNormalization written out in elementary ops (tf2onnx writes Keras' so: the moments as
+# GlobalAveragePool or ReduceMean of x and of the squared difference, Sqrt, Reciprocal, Mul, Add)
+NORM_OPS = ("ReduceMean", "GlobalAveragePool", "Sub", "Mul", "Add", "Div", "Sqrt", "Reciprocal", "Pow", "Neg", "Cast",
+            "Identity")
+
+
+def _exponent(view, node) -> float | None:
+    value = view.const(node.input[1]) if len(node.input) > 1 else None
+    return float(value) if value is not None and value.size == 1 else None
+
+
+def _decomposed_norm(view, x: str, limit: int = 32) -> str | None:
+    """The output of a normalisation of `x` written out in NORM_OPS: the first tensor that every
+    path from `x` passes through, when only such ops (a square root among them) lie between; else
+    None (a residual branch that goes around, as GPT-2's, reaches other ops first)."""
+    remaining = {x: len(view.consumers.get(x, []))}  # reached tensors -> consumers not yet visited
+    outputs, seen, root = set(view.output_names), [], False
+    for node in view.nodes:  # topological order
+        hits = [i for i in node.input if i in remaining]
+        if not hits:
+            continue
+        if node.op_type not in NORM_OPS or len(seen) >= limit:
+            return None
+        seen.append(node.op_type)
+        root = root or node.op_type == "Sqrt" or node.op_type == "Pow" and _exponent(view, node) in (0.5, -0.5)
+        for i in hits:
+            remaining[i] -= 1
+            if remaining[i] <= 0 and i not in outputs:
+                del remaining[i]
+        for out in node.output:
+            if out:
+                remaining[out] = len(view.consumers.get(out, [])) or 1  # an unused output stays open
+        if len(seen) > 1 and root and list(remaining) == [node.output[0]]:
+            return _affine_tail(view, node.output[0])
+    return None
+
+
+def _affine_tail(view, name: str) -> str:
+    """`name` followed through its single consumers that scale or shift it by a constant (the
+    normalisation's gamma and beta) or only cast it."""
+    while name not in view.output_names and len(view.consumers.get(name, [])) == 1:
+        node = view.consumers[name][0]
+        others = [i for i in node.input if i != name]
+        if not (node.op_type in ("Cast", "Identity") or node.op_type in ("Mul", "Add", "Sub", "Div") and len(others) == 1
+                and view.const(others[0]) is not None):
+            break
+        name = node.output[0]
+    return name
 
 
 def resolve(model, wrt: str) -> str:
