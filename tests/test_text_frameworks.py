@@ -16,15 +16,16 @@ as Unsqueeze + a whole Slice; torch writes LayerNormalization, Gemm/MatMul and x
 2. The embeddings are found automatically in both files (`wrt="embeddings"`: word, token-type and
    position lookups, their sum, the LayerNorm after it), and unit tests of the tf2onnx forms on
    hand-made graphs.
-3. Agreement: Integrated Gradients from the word embeddings, their sum and the embedding block's
-   LayerNorm output (padding-token
-   baseline ids, [CLS]/[SEP] kept; and a zero-embedding baseline; 16 Gauss-Legendre steps), gradient
-   and input × gradient: the attributions [N, T, hidden] and the token scores of the Keras export
-   equal the torch export's, rel = max|keras − torch| / max|torch| <= TOL, on a batch whose second
-   sentence is padded (attention mask zeros), with padding scores exactly 0 in both.
+3. Agreement: Integrated Gradients (padding-token baseline ids, [CLS]/[SEP] kept, and a
+   zero-embedding baseline; 16 Gauss-Legendre steps), gradient and input × gradient, from the word
+   embeddings, their sum and the embedding block's LayerNorm output: the attributions
+   [N, T, hidden] and the token scores (sums; norms) of the Keras export equal the torch export's,
+   rel = max|keras − torch| / max|torch| <= TOL, on a batch whose second sentence is padded
+   (attention mask zeros), with padding scores exactly 0 in both. Where a LayerNorm's invariance
+   makes the per-token sums vanish (VANISHING_SUMS), both are checked to vanish instead.
 
 TOL = 1e-4, as for Captum in tests/test_text.py: both files run in float32 in onnxruntime, so their
-logits differ by float32 rounding of differently ordered sums (measured ~3e-7); the gradient graph
+logits differ by float32 rounding of differently ordered sums (measured 7e-7); the gradient graph
 of each file is built from its own forward graph, and a backward pass through 2 softmax attention
 layers and 5 LayerNorms amplifies that rounding by the conditioning of the network, not by orders
 of magnitude (measured: see the printed rel values, ~1e-6).
