@@ -140,14 +140,14 @@ def main():
     tok, vocab = tokenizer_for(words)
     tok.save(str(args.out / "tokenizer.json"))
     with timer("train a tiny BERT on generated reviews"):
-        model, accuracy = train(tok, vocab, steps=80 if args.small else 200)
+        model, accuracy = train(tok, vocab, steps=120 if args.small else 200)
     print(f"held-out accuracy {accuracy:.3f}")
     with timer("export to ONNX"):
         export(model, args.out / "model.onnx")
     from onnxsal.cli import main as cli
 
     argv = ["explain", str(args.out / "model.onnx"), "--tokenizer", str(args.out / "tokenizer.json"), "-t", "1",
-            "-o", str(args.out), "--option", f"n_steps={20 if args.small else 50}"]
+            "-o", str(args.out), "--option", f"n_steps={20 if args.small else 50}", "--providers", args.providers]
     for s in SENTENCES:
         argv += ["--text", s]
     with timer("onnxsal explain --text"):

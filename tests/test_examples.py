@@ -21,7 +21,7 @@ tmp_path, as a user would run it: `python examples/NAME.py --out DIR --small`. C
   sum at the last features plus the class's bias is the logit), the biases absorb it block by block
   towards the input, and DeepLIFT sums to logit(x) - logit(black).
 
-The seven scripts take about 3 minutes together on a 2-core CPU.
+The seven image scripts take about 3 minutes together on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -208,3 +208,21 @@ def test_relevance_cat(tmp_path):
     assert deeplift["baseline"] == "black (zeros)"
     assert abs(deeplift["convergence_delta"]) < 1e-3, deeplift
     assert abs(deeplift["sum"] - (logit - summary["logit_black"])) < 1e-3 * abs(logit), (deeplift, logit)
+
+
+@needs("torch", "transformers", "tokenizers")
+def test_text_sentiment(tmp_path):
+    """A tiny BERT trained on generated reviews, explained through `onnxsal explain --text`: the
+    page, the PNG and the scores are written, the model learned, and the strongest token of the
+    clearly positive sentence is a positive word that argues for the positive class."""
+    run_example("text_sentiment", tmp_path)
+    summary = load_json(tmp_path / "text_sentiment.json")
+    assert summary["accuracy"] >= 0.8, summary["accuracy"]
+    page = (tmp_path / "tokens.html").read_text(encoding="utf-8")
+    assert page.count("<mark") >= 30 and "brilliant" in page
+    with Image.open(tmp_path / "tokens.png") as im:
+        assert im.format == "PNG" and im.width == 900 and im.height > 100
+    row = summary["rows"][2]  # "a really funny film and the music is great"
+    token, score = max(zip(row["tokens"], row["scores"]), key=lambda p: abs(p[1]))
+    assert token in ("great", "funny") and score > 0, (token, score)
+

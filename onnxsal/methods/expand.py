@@ -160,6 +160,10 @@ class Stacked:
         return AttributionGraph(model, attributions, self.target_input, self.seed_input)
 
 
+class ValueName(str):
+    """A baseline given as the name of a value in the graph rather than as numbers."""
+
+
 LEADING = "leading"  # batched on axis 0 exactly when its leading dim has the batch's size
 _PROBE = 7919  # a batch size no file fixes a dim to, for asking `batch_axes` about declared shapes
 
@@ -252,6 +256,10 @@ def build_integrated_gradients(explainer, target_kind, softmax, wrt, baselines=N
 
     if base not in ("gradient", "saliency", "guided_backprop", "deconvnet"):
         raise InvalidInputError(f"a compiled Integrated Gradients runs over gradient rule sets, not {base!r}.")
+    if any(w not in {s.name for s in explainer.inputs} for w in wrt):  # inner tensors: on the model cut there
+        from .inner import build_inner_integrated_gradients
+
+        return build_inner_integrated_gradients(explainer, target_kind, softmax, wrt, baselines, n_steps, integration, base)
     alphas, weights = quadrature(integration, int(n_steps))
     st = Stacked(explainer, wrt, len(alphas), "integrated_gradients")
     e = st.e
@@ -260,10 +268,13 @@ def build_integrated_gradients(explainer, target_kind, softmax, wrt, baselines=N
         spec = next(s for s in explainer.inputs if s.name == w)
         rank = len(spec.shape)
         b = baselines.get(w) if isinstance(baselines, dict) else baselines
-        b = np.zeros((), spec.dtype) if b is None else np.asarray(b, spec.dtype)
-        if b.ndim not in (0, rank - 1):
-            raise InvalidInputError(f"a compiled Integrated Gradients takes a scalar baseline or one of the sample shape for {w!r}.")
-        base_value = e.const(b, name="baseline")
+        if isinstance(b, ValueName):  # a value the finished graph will compute (an inner tensor's baseline)
+            base_value = str(b)
+        else:
+            b = np.zeros((), spec.dtype) if b is None else np.asarray(b, spec.dtype)
+            if b.ndim not in (0, rank - 1):
+                raise InvalidInputError(f"a compiled Integrated Gradients takes a scalar baseline or one of the sample shape for {w!r}.")
+            base_value = e.const(b, name="baseline")
         deltas[w] = e.op("Sub", [w, base_value])
         steps = e.const(alphas.astype(spec.dtype).reshape((-1,) + (1,) * rank), name="alphas")
         st.stack(w, e.op("Add", [base_value, e.op("Mul", [steps, e.unsqueeze(deltas[w], [0])])]))

@@ -138,3 +138,86 @@ def inner_baselines(explainer, feeds: dict[str, np.ndarray], names: tuple[str, .
         computed = inner_values(explainer, base_feeds, names)
         out.update({name: computed[name].astype(values[name].dtype) for name in names if name not in given})
     return out
+
+
+def _producers(view, names: tuple[str, ...]) -> list[onnx.NodeProto]:
+    """The nodes that compute `names` from the graph inputs and constants, in graph order."""
+    needed, closure = set(names), set()
+    for node in reversed(view.nodes):
+        if any(o in needed for o in node.output):
+            closure.add(node.name)
+            needed.update(_reads(node))
+    return [n for n in view.nodes if n.name in closure]
+
+
+def _copy(nodes: list[onnx.NodeProto], prefix: str, finals: dict[str, str], inputs: dict[str, str]) -> list[onnx.NodeProto]:
+    """Copies of `nodes` whose values are renamed `prefix`+name (the final ones as `finals` says),
+    reading graph inputs renamed by `inputs`."""
+    rename = dict(inputs)
+    out = []
+    for node in nodes:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            from ..errors import UnsupportedModelError
+
+            raise UnsupportedModelError(f"node {node.name!r} ({node.op_type}) computes the explained tensor inside a "
+                                        f"subgraph; a compiled graph cannot copy it (Explainer.attribute can explain it).")
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = prefix + node.name
+        for i, x in enumerate(copy.input):
+            copy.input[i] = rename.get(x, x)
+        for i, o in enumerate(copy.output):
+            if o:
+                rename[o] = finals.get(o, prefix + o)
+                copy.output[i] = rename[o]
+        out.append(copy)
+    return out
+
+
+def build_inner_integrated_gradients(explainer, target_kind, softmax, wrt, baselines, n_steps, integration, base):
+    """Compiled Integrated Gradients of inner tensors: the graph compiled on the model cut at them,
+    with the nodes that compute them from the inputs copied in front. `baselines`: zeros (None), a
+    scalar or an array of the tensor's sample shape, or "ids": the graph then takes the baseline
+    token ids as an input of its own (`baseline_<ids input>`), run through a copy of the same
+    embedding nodes (the other inputs as they are), as the Explainer does with baseline ids."""
+    from ..autodiff.graph import topological_order
+    from ..text.embeddings import token_ids_input
+    from .expand import ValueName, build_integrated_gradients
+    from .graphs import AttributionGraph
+
+    inputs = {s.name: s for s in explainer.inputs}
+    inner = tuple(w for w in wrt if w not in inputs)
+    by_ids = isinstance(baselines, str)
+    if by_ids and baselines != "ids":
+        raise InvalidInputError(f"a compiled Integrated Gradients of an inner tensor takes baselines None, a number, "
+                                f"an array of the tensor's sample shape or 'ids', not {baselines!r}.")
+    ids = token_ids_input(explainer.view) if by_ids else None
+    if by_ids and ids is None:
+        raise InvalidInputError("baselines='ids' needs a model that reads token ids through an embedding lookup.")
+    child = cut_explainer(explainer, inner)
+    child_baselines = {w: ValueName(f"{w}/baseline") for w in inner} if by_ids else baselines
+    graph = build_integrated_gradients(child, target_kind, softmax, wrt, child_baselines, n_steps, integration, base)
+    model = graph.model
+    g = model.graph
+    nodes = _producers(explainer.view, inner)
+    front = _copy(nodes, "embed/", {w: w for w in inner}, {})
+    new_inputs = []
+    if by_ids:
+        base_ids = f"baseline_{ids}"
+        front += _copy(nodes, "baseline/", {w: f"{w}/baseline" for w in inner}, {ids: base_ids})
+        spec = next(i for i in explainer.model.graph.input if i.name == ids)
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(spec)
+        vi.name = base_ids
+        new_inputs.append(vi)
+    kept_inputs = [i for i in g.input if i.name not in inner]
+    del g.input[:]
+    g.input.extend(kept_inputs + new_inputs)
+    have = {t.name for t in g.initializer}
+    reads = {x for n in front for x in _reads(n)}
+    g.initializer.extend(t for t in explainer.model.graph.initializer if t.name in reads and t.name not in have)
+    available = {i.name for i in g.input} | {t.name for t in g.initializer}
+    ordered = topological_order(front + list(g.node), available)
+    del g.node[:]
+    g.node.extend(ordered)
+    return AttributionGraph(model, graph.attributions, graph.target_input, graph.seed_input, graph.extras)
