@@ -14,6 +14,7 @@ from .autodiff.rules.activations import is_rectifier_node
 from .errors import NeedsShapesError, OnnxsalError
 from .explainer import Explainer
 from .layers import feature_maps, guess_layout, resolve_layer
+from .tokens import token_layer
 from .prepare import LOWERINGS
 from .text.embeddings import ALIASES as EMBEDDING_ALIASES, find_embeddings, resolve as resolve_embeddings
 
@@ -123,6 +124,12 @@ def inspect_model(model, output: str | None = None, wrt: str | None = None, inpu
         for m in maps
     ]
     report.gradcam_default = resolve_layer(view, maps, None).value if maps else None
+    try:  # a vision transformer: Grad-CAM's default is the token map feeding the last attention block
+        tokens = token_layer(view, [n.name for n in nodes], None)
+    except OnnxsalError:  # the token count or grid needs the input's size
+        tokens = None
+    if tokens is not None:
+        report.gradcam_default = tokens.value
     if composite is not None and report.differentiable:
         from .relevance.composites import resolve
         from .relevance.propagate import rule_table

@@ -24,11 +24,16 @@ batch dynamic):
    unknown shapes) give the opset-17 maps.
 3. Refusals are one sentence: no attention in the graph, no class token, a grid that does not
    fit, bad options.
+4. examples/vit_gradcam_rollout.py (the README figure) runs with --small.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -387,3 +392,21 @@ def test_refusals_are_one_sentence(hf_vit, tiny_cnn, pooled_vit):
     assert "25 patch tokens" in message and "17 tokens" in message and "layernorm_before" in message
     assert "grid" in refusal(lambda: ex.attribute(x, method="gradcam", grid="4x4"))
     assert "no layer named" in refusal(lambda: ex.attribute(x, method="gradcam", layer="no_such_block"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. The example behind the README figure
+
+
+def test_example_runs(tmp_path):
+    pytest.importorskip("skimage")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "examples" / "vit_gradcam_rollout.py"), "--out", str(tmp_path),
+                           "--small", "--providers", "cpu"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    summary = json.loads((tmp_path / "vit_gradcam_rollout.json").read_text())
+    assert summary["gradcam_layer"] == "/blocks/blocks.11/norm1/LayerNormalization_output_0"
+    assert summary["grid"] == [4, 4] and summary["attention_blocks"] == 12
+    assert all(shape == [64, 64] for shape in summary["map_shapes"].values())
+    assert summary["raw_max"]["rollout_mean"] > 0
+    assert (tmp_path / "vit_gradcam_rollout.png").stat().st_size > 10_000
