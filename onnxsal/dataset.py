@@ -235,9 +235,7 @@ class Job:
     alpha: float = 0.5
     options: dict = field(default_factory=dict)
     bytes_column: str | None = None
-
-
-SUMMARY = ("source", "predicted", "score", "label", "error")
+    threads: int | None = None  # ONNX Runtime's intra-op threads in each actor (CPU actors: its CPUs)
 
 
 class DatasetWorker:
@@ -247,6 +245,8 @@ class DatasetWorker:
 
     def __init__(self, job: Job, stems: dict[str, str], prepared=None):
         self.job = job
+        if job.threads:  # before any session exists: ONNX Runtime reads it when a session is made
+            os.environ.setdefault("ORT_INTRA_OP_NUM_THREADS", str(job.threads))
         self.stems = stems  # source -> output stem, for the items this run does (others are dropped)
         self.out = Path(job.out_dir)
         if prepared is None:
@@ -480,6 +480,8 @@ def _run_ray(ray, cls, job: Job, work: dict, sources: Sources, todo: list[str], 
         gpus = gpus_per_actor if gpus_per_actor is not None else (1 if resources.get("GPU", 0) >= 1 and wants_gpu else 0)
         if not gpus and isinstance(providers, str) and providers.lower() == "auto":
             job.providers = "cpu"  # an actor without a GPU: no CUDA attempt (and no warning) on a GPU node
+        if not gpus:  # as many ONNX Runtime threads as the actor holds CPUs: actors do not fight over cores
+            job.threads = max(1, int(cpus_per_actor))
         if actors is None:
             actors = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // cpus_per_actor)
             actors = max(1, min(actors, -(-len(todo) // job.batch_size)))
