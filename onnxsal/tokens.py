@@ -226,7 +226,8 @@ def token_layer(view: GraphView, path_nodes: list[str], layer: str | None, grid=
     """The Grad-CAM layer of a token model, or None when the layer is a feature map for the
     classic path: with `layer` None, the input of the last attention block on the path (None when
     the path has no attention); else `layer` when it names a rank-3 value on the path (by value or
-    node name; on a transformer also by a path component or substring, as `resolve_layer` does)."""
+    node name; on a transformer also by a path component or substring, as `resolve_layer` does),
+    on a model without attention only when `grid` says how to read it."""
     attns = attention_blocks(view, set(path_nodes))
     maps = _token_maps(view, path_nodes)
     if layer is None:
@@ -241,6 +242,8 @@ def token_layer(view: GraphView, path_nodes: list[str], layer: str | None, grid=
             raise InvalidInputError(f"found no [N, T, D] token map feeding the queries and keys of the last attention block "
                                     f"{attns[-1].softmax!r}; name the layer with layer=.")
     else:
+        if not attns and grid is None:  # a rank-3 value of a model without attention is no token map unless told so
+            return None
         value = _resolve(view, maps, layer, fuzzy=bool(attns))
         if value is None:
             return None
