@@ -21,7 +21,8 @@ batch dynamic):
    output_attentions=True; for timm, softmax(q k^T · scale) from hooks on each block's qkv), with
    mean/max/min head fusion and discard_ratio, rel <= 1e-5; the compiled graph in a bare
    onnxruntime session gives the same numbers. Exports at opsets 9 and 12 (decomposed LayerNorm,
-   unknown shapes) give the opset-17 maps.
+   unknown shapes) give the opset-17 maps. Both methods also on transformers' CLIP vision tower and
+   torchvision's VisionTransformer (nn.MultiheadAttention) against the same references.
 3. Refusals are one sentence: no attention in the graph, no class token, a grid that does not
    fit, bad options.
 4. examples/vit_gradcam_rollout.py (the README figure) runs with --small.
@@ -348,6 +349,60 @@ def test_old_opset_exports_give_the_same_maps(hf_vit, tmp_path, opset):
         ours = old.attribute(case.x, method=method, normalize=False, **options)
         new = case.explainer.attribute(case.x, method=method, normalize=False, **options)
         assert rel(ours, new) <= 1e-5, f"{method} {options} at opset {opset}: rel {rel(ours, new):.3g}"
+
+
+class Embeds(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(pixel_values=x).image_embeds
+
+
+def test_clip_vision_and_torchvision_vit(tmp_path):
+    """Two more implementations: transformers' CLIP vision tower (pre-LayerNorm after the embeddings,
+    explained at an image-embedding dimension) and torchvision's VisionTransformer (attention in
+    nn.MultiheadAttention; its zero-initialised head re-drawn so that there is a gradient)."""
+    torch.manual_seed(0)
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    clip = tr.CLIPVisionModelWithProjection(tr.CLIPVisionConfig(
+        image_size=32, patch_size=8, projection_dim=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, initializer_range=0.2, attn_implementation="eager")).eval()
+    ex = onnxsal.Explainer(export(Embeds(clip), 32, tmp_path / "clip.onnx"), providers="cpu")
+    target = np.array([2, 9])
+    ours = ex.attribute(x, target=target, method="gradcam", normalize=False)
+    ref = torch_gradcam(Embeds(clip), clip.vision_model.encoder.layers[-1].layer_norm1, x, target, 1, (4, 4))
+    assert rel(ours, ref) <= GRADCAM_TOL, f"CLIP Grad-CAM: rel {rel(ours, ref):.3g}"
+    with torch.no_grad():
+        attentions = [a.double().numpy() for a in clip(pixel_values=torch.from_numpy(x), output_attentions=True).attentions]
+    ref = numpy_rollout(attentions, 1, (4, 4), 32)
+    ours = ex.attribute(x, method="attention_rollout", normalize=False)
+    assert rel(ours, ref) <= ROLLOUT_TOL, f"CLIP rollout: rel {rel(ours, ref):.3g}"
+
+    torchvision = pytest.importorskip("torchvision")
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                              mlp_dim=64, num_classes=10).eval()
+    torch.nn.init.normal_(tv.heads.head.weight, std=0.2)
+    ex = onnxsal.Explainer(export(tv, 32, tmp_path / "tv.onnx"), providers="cpu")
+    ours = ex.attribute(x, target=target, method="gradcam", normalize=False)
+    ref = torch_gradcam(tv, tv.encoder.layers[-1].ln_1, x, target, 1, (4, 4))
+    assert rel(ours, ref) <= GRADCAM_TOL, f"torchvision Grad-CAM: rel {rel(ours, ref):.3g}"
+    maps, handles = [], []
+    for layer in tv.encoder.layers:  # the block calls its attention with need_weights=False: ask again
+        def hook(mod, inputs, out, layer=layer):
+            maps.append(layer.self_attention(out, out, out, need_weights=True, average_attn_weights=False)[1].double().numpy())
+
+        handles.append(layer.ln_1.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            tv(torch.from_numpy(x))
+    finally:
+        for h in handles:
+            h.remove()
+    ref = numpy_rollout(maps, 1, (4, 4), 32, "max", 0.5)
+    ours = ex.attribute(x, method="attention_rollout", head_fusion="max", discard_ratio=0.5, normalize=False)
+    assert rel(ours, ref) <= ROLLOUT_TOL, f"torchvision rollout: rel {rel(ours, ref):.3g}"
 
 
 # ---------------------------------------------------------------------------------------------------
