@@ -24,7 +24,7 @@ batch dynamic):
    unknown shapes) give the opset-17 maps. Both methods also on transformers' CLIP vision tower and
    torchvision's VisionTransformer (nn.MultiheadAttention) against the same references.
 3. Refusals are one sentence: no attention in the graph, no class token, a grid that does not
-   fit, bad options.
+   fit, bad options; the command line writes the library's map and refuses in one line.
 4. examples/vit_gradcam_rollout.py (the README figure) runs with --small.
 """
 
@@ -447,6 +447,35 @@ def test_refusals_are_one_sentence(hf_vit, tiny_cnn, pooled_vit):
     assert "25 patch tokens" in message and "17 tokens" in message and "layernorm_before" in message
     assert "grid" in refusal(lambda: ex.attribute(x, method="gradcam", grid="4x4"))
     assert "no layer named" in refusal(lambda: ex.attribute(x, method="gradcam", layer="no_such_block"))
+
+
+def test_cli(hf_vit, tmp_path):
+    """`onnxsal explain -m attention_rollout` writes the library's map; `onnxsal compile` refuses a
+    bad option in one line, exit code 2, nothing written."""
+    import contextlib
+    import io
+
+    from PIL import Image
+
+    from onnxsal.cli import main
+
+    onnx.save(hf_vit.proto, str(tmp_path / "vit.onnx"))
+    img = (np.random.default_rng(3).random((32, 32, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "img.png")
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["explain", str(tmp_path / "vit.onnx"), str(tmp_path / "img.png"), "-m", "attention_rollout", "-p", "unit",
+                   "--option", "discard_ratio=0.9", "--option", "grid=4,4", "-o", str(tmp_path / "out")])
+    assert rc == 0
+    written = np.load(tmp_path / "out" / "img.attention_rollout.npy")
+    x = (img.astype(np.float32) / 255).transpose(2, 0, 1)[None]
+    ours = hf_vit.explainer.attribute(x, method="attention_rollout", discard_ratio=0.9)
+    np.testing.assert_allclose(written.reshape(ours.shape), ours, atol=1e-6)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["compile", str(tmp_path / "vit.onnx"), "--method", "attention_rollout", "--option", "head_fusion=median",
+                   "-o", str(tmp_path / "rollout.onnx")])
+    assert rc == 2 and len(err.getvalue().strip().splitlines()) == 1 and "head_fusion" in err.getvalue()
+    assert not (tmp_path / "rollout.onnx").exists()
 
 
 # ---------------------------------------------------------------------------------------------------
