@@ -412,6 +412,17 @@ def test_compiled_integrated_gradients_over_the_embeddings(case, wrt):
                                       n_steps=N_STEPS)) <= 1e-5
 
 
+def test_compiled_smoothgrad_over_the_embeddings(bert):
+    import onnxruntime as ort
+
+    shapes = {name: [None, bert.feeds[name].shape[1]] for name in bert.names}  # the noise needs the sample shape
+    graph = onnxsal.compile(bert.path, method="smoothgrad", wrt="embeddings", target="target", n_samples=4,
+                            input_shapes=shapes)
+    out = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, dict(bert.feeds, target=TARGET))[-1]
+    assert rel(out, bert.ex.attribute(bert.feeds, target=TARGET, method="smoothgrad", n_samples=4)) <= 1e-5
+
+
 class LanguageModel(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()

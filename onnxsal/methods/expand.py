@@ -206,6 +206,11 @@ def build_smoothgrad(explainer, target_kind, softmax, wrt, base="gradient", n_sa
     from .smoothgrad import AGGREGATIONS, _check, standard_noise
 
     _check(n_samples, noise_level, aggregation)
+    if any(w not in {s.name for s in explainer.inputs} for w in wrt):  # inner tensors: on the model cut there
+        from .inner import build_on_cut
+
+        return build_on_cut(explainer, wrt, lambda child: build_smoothgrad(
+            child, target_kind, softmax, wrt, base, n_samples, noise_level, stdev, aggregation, seed))
     bases = {"gradient": "gradient", "saliency": "gradient", "guided_backprop": "guided_backprop",
              "deconvnet": "deconvnet", "input_x_gradient": "gradient"}
     if base not in bases:

@@ -1,4 +1,5 @@
-"""Explaining an inner tensor with a method that changes what is explained (Integrated Gradients).
+"""Explaining an inner tensor with a method that changes what is explained (Integrated Gradients,
+SmoothGrad), in the Explainer's loop and in a compiled graph.
 
 A gradient method reads the gradient at an inner tensor off one graph run. Integrated Gradients
 needs more: the tensor itself interpolated between a baseline and its actual value, with the rest
@@ -7,6 +8,8 @@ layer's output. Here the model is cut at the tensor: its producer's work is drop
 tensor becomes a graph input, fed with the value the full model computes (or a baseline). Inputs
 the rest of the model still reads (an attention mask, the ids a position range is sized from) stay
 inputs and are fed as they are; ids no longer read stay declared, so the same feeds serve.
+A compiled graph is built on the cut model, and the nodes that compute the tensor are copied in
+front of it (`build_on_cut`), so that it takes the model's own inputs again.
 """
 
 from __future__ import annotations
@@ -175,18 +178,14 @@ def _copy(nodes: list[onnx.NodeProto], prefix: str, finals: dict[str, str], inpu
 
 
 def build_inner_integrated_gradients(explainer, target_kind, softmax, wrt, baselines, n_steps, integration, base):
-    """Compiled Integrated Gradients of inner tensors: the graph compiled on the model cut at them,
-    with the nodes that compute them from the inputs copied in front. `baselines`: zeros (None), a
-    scalar or an array of the tensor's sample shape, or "ids": the graph then takes the baseline
-    token ids as an input of its own (`baseline_<ids input>`), run through a copy of the same
-    embedding nodes (the other inputs as they are), as the Explainer does with baseline ids."""
-    from ..autodiff.graph import topological_order
+    """Compiled Integrated Gradients of inner tensors (see `build_on_cut`). `baselines`: zeros
+    (None), a scalar or an array of the tensor's sample shape, or "ids": the graph then takes the
+    baseline token ids as an input of its own (`baseline_<ids input>`), run through a copy of the
+    same embedding nodes (the other inputs as they are), as the Explainer does with baseline ids."""
     from ..text.embeddings import token_ids_input
     from .expand import ValueName, build_integrated_gradients
-    from .graphs import AttributionGraph
 
-    inputs = {s.name: s for s in explainer.inputs}
-    inner = tuple(w for w in wrt if w not in inputs)
+    inner = tuple(w for w in wrt if w not in {s.name for s in explainer.inputs})
     by_ids = isinstance(baselines, str)
     if by_ids and baselines != "ids":
         raise InvalidInputError(f"a compiled Integrated Gradients of an inner tensor takes baselines None, a number, "
@@ -194,21 +193,31 @@ def build_inner_integrated_gradients(explainer, target_kind, softmax, wrt, basel
     ids = token_ids_input(explainer.view) if by_ids else None
     if by_ids and ids is None:
         raise InvalidInputError("baselines='ids' needs a model that reads token ids through an embedding lookup.")
-    child = cut_explainer(explainer, inner)
     child_baselines = {w: ValueName(f"{w}/baseline") for w in inner} if by_ids else baselines
-    graph = build_integrated_gradients(child, target_kind, softmax, wrt, child_baselines, n_steps, integration, base)
+    return build_on_cut(explainer, wrt, lambda child: build_integrated_gradients(
+        child, target_kind, softmax, wrt, child_baselines, n_steps, integration, base), baseline_ids=ids)
+
+
+def build_on_cut(explainer, wrt, build, baseline_ids: str | None = None):
+    """A compiled sampling graph (samples stacked inside) of inner tensors: `build` run on the model cut
+    at them, with the nodes that compute them from the inputs copied in front; with `baseline_ids`
+    (the ids input), a second copy reads `baseline_<ids>`, a new input, and computes `<tensor>/baseline`."""
+    from ..autodiff.graph import topological_order
+    from .graphs import AttributionGraph
+
+    inner = tuple(w for w in wrt if w not in {s.name for s in explainer.inputs})
+    graph = build(cut_explainer(explainer, inner))
     model = graph.model
     g = model.graph
     nodes = _producers(explainer.view, inner)
     front = _copy(nodes, "embed/", {w: w for w in inner}, {})
     new_inputs = []
-    if by_ids:
-        base_ids = f"baseline_{ids}"
-        front += _copy(nodes, "baseline/", {w: f"{w}/baseline" for w in inner}, {ids: base_ids})
-        spec = next(i for i in explainer.model.graph.input if i.name == ids)
+    if baseline_ids is not None:
+        name = f"baseline_{baseline_ids}"
+        front += _copy(nodes, "baseline/", {w: f"{w}/baseline" for w in inner}, {baseline_ids: name})
         vi = onnx.ValueInfoProto()
-        vi.CopyFrom(spec)
-        vi.name = base_ids
+        vi.CopyFrom(next(i for i in explainer.model.graph.input if i.name == baseline_ids))
+        vi.name = name
         new_inputs.append(vi)
     kept_inputs = [i for i in g.input if i.name not in inner]
     del g.input[:]
