@@ -347,8 +347,13 @@ def _import_ray():
 
 
 def _ray_failure(exc: BaseException) -> OnnxsalError:
-    """A Ray failure as one sentence: the OnnxsalError raised in an actor when there is one."""
-    seen, todo = set(), [exc]
+    """A Ray failure as one sentence: the OnnxsalError raised in an actor when there is one (Ray passes
+    an actor's failed __init__ on as text: its last `onnxsal.errors.X: message` line is read back)."""
+    import re
+
+    from . import errors
+
+    seen, todo, texts = set(), [exc], []
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
@@ -356,10 +361,17 @@ def _ray_failure(exc: BaseException) -> OnnxsalError:
         seen.add(id(e))
         if isinstance(e, OnnxsalError):
             return type(e)(str(e))
+        texts += [str(e), str(getattr(e, "error_msg", "") or "")]
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    text = str(exc).strip()
+    raised = re.findall(r"onnxsal\.(?:errors|dataset)\.(\w+): (.+)", "\n".join(texts))
+    if raised:
+        name, message = raised[-1]
+        kind = getattr(errors, name, None) or globals().get(name)
+        kind = kind if isinstance(kind, type) and issubclass(kind, OnnxsalError) else OnnxsalError
+        return kind(f"a Ray worker could not start or run: {message.strip()}")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return OnnxsalError(f"the Ray job failed ({type(exc).__name__}: {first.strip()}); what was written is kept: "
+    return OnnxsalError(f"the Ray job failed ({type(exc).__name__}: {first.strip()[:300]}); what was written is kept: "
                         f"rerun with resume to finish.")
 
 

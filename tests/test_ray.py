@@ -183,6 +183,29 @@ def test_parquet_source_through_the_cli(cluster, photos, cache, local, tmp_path)
     _assert_same_as_local(out, local)
 
 
+def _unstartable_worker():
+    from onnxsal.dataset import DatasetWorker
+    from onnxsal.errors import ModelLoadError
+
+    class Unstartable(DatasetWorker):
+        def __init__(self, *args, **kwargs):
+            raise ModelLoadError("model file '/elsewhere/model.onnx' does not exist on this node.")
+
+    return Unstartable
+
+
+def test_an_actor_that_cannot_start_is_one_sentence(cluster, photos, tmp_path):
+    """A worker whose model is not where it looks (a node without the shared file system): the run stops
+    with the worker's own error class and sentence, not a Ray traceback."""
+    from onnxsal.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError) as info:
+        onnxsal.explain_dataset(MODEL, photos, tmp_path, method=METHOD, batch_size=3, actors=1,
+                                worker_class=_unstartable_worker())
+    assert str(info.value) == ("a Ray worker could not start or run: model file '/elsewhere/model.onnx' "
+                               "does not exist on this node.")
+
+
 def test_without_ray_one_sentence_and_the_local_path_still_works(photos, tmp_path):
     code = f"""
 import sys
