@@ -43,7 +43,8 @@ import onnxsal  # noqa: E402
 from onnxsal.cli import main  # noqa: E402
 from onnxsal.errors import InvalidInputError  # noqa: E402
 from onnxsal.text import (embedding_output, embedding_sum, encode, explain_text, find_embeddings, load_tokenizer,  # noqa: E402
-                          logit_seed, reference_ids, token_scores, tokens_html, word_embeddings, TokenRow)
+                          logit_seed, reference_ids, similarity_seed, token_scores, tokens_html, word_embeddings,
+                          TokenRow)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -477,6 +478,31 @@ def test_smoothgrad_perturbs_the_embeddings(bert):
     assert r <= TOL
     quiet = bert.ex.attribute(bert.feeds, target=TARGET, method="smoothgrad", n_samples=2, stdev=0.0)
     assert rel(quiet, bert.ex.attribute(bert.feeds, target=TARGET)) <= 1e-6
+
+
+def test_cosine_similarity_between_two_sentences(sentence):
+    """The similarity of sentence 0 to sentence 1 (the model L2-normalises, so the explained score
+    Σ seed·e with seed = e1 is cos(e0, e1)), against LayerIntegratedGradients on a forward that
+    returns that cosine."""
+    emb = sentence.ex.predict(sentence.feeds)
+    first = {k: v[:1] for k, v in sentence.feeds.items()}
+    seed = similarity_seed(emb[1])[None]
+    ours = sentence.ex.attribute(first, target=seed, method="integrated_gradients", n_steps=N_STEPS,
+                                 baselines=sentence.baseline_ids[:1])
+    reference = torch.from_numpy(emb[1:2])
+
+    def cosine(*args):
+        return torch.nn.functional.cosine_similarity(sentence.forward(*args), reference, dim=-1)
+
+    lig = captum_attr.LayerIntegratedGradients(cosine, sentence.layers["embeddings"])
+    args = tuple(a[:1] for a in sentence.torch_args)
+    theirs = lig.attribute(args[0], baselines=torch.from_numpy(sentence.baseline_ids[:1]), additional_forward_args=args[1:],
+                           n_steps=N_STEPS, method="gausslegendre")
+    r = rel(ours, theirs.detach())
+    print(f"\nsentence similarity (cosine to another sentence): IG rel {r:.2e}")
+    assert r <= TOL
+    with pytest.raises(InvalidInputError, match="all zeros"):
+        similarity_seed(np.zeros(4))
 
 
 # ---------------------------------------------------------------------------------------- token scores

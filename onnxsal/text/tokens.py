@@ -59,6 +59,23 @@ def logit_seed(output_shape, position, token) -> np.ndarray:
     return seed
 
 
+def similarity_seed(reference, normalise: bool = True) -> np.ndarray:
+    """A seed tensor that explains the similarity of each sample's embedding e to `reference` r (one
+    embedding [D] for all samples, or one per sample [N, D]): the explained score is Σ seed·e, with
+    seed = r/|r| (or r as it is with normalise=False). For a model whose output is L2-normalised
+    (sentence-transformers' Normalize), that is the cosine similarity cos(e, r). Pass it as `target=`;
+    a shared reference is repeated per sample with `np.broadcast_to(seed, (N, D))`."""
+    r = np.asarray(reference, dtype=np.float32)
+    if r.ndim not in (1, 2) or r.size == 0:
+        raise InvalidInputError(f"the reference must be one embedding [D] or one per sample [N, D], got shape {r.shape}.")
+    if normalise:
+        norm = np.linalg.norm(r, axis=-1, keepdims=True)
+        if np.any(norm == 0):
+            raise InvalidInputError("the reference embedding is all zeros: it has no direction to compare with.")
+        r = r / norm
+    return r
+
+
 def reference_ids(ids, pad_id: int, keep=()) -> np.ndarray:
     """The baseline ids LayerIntegratedGradients users build: every token replaced by the padding
     token except those in `keep` (the special tokens [CLS], [SEP], which stay in place)."""
