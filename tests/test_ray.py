@@ -230,3 +230,40 @@ print("RC", rc_ray, rc_local)
                       "pip install 'onnxsal[ray]' (on every node of the cluster)."]
     assert "Traceback" not in run.stderr
     assert (tmp_path / "c" / f"coffee.{METHOD}.png").exists() and not (tmp_path / "b").exists()
+
+
+def test_glob_source_on_the_local_engine(photos, cache, local, tmp_path):
+    """engine="local" runs the same worker in this process (no Ray); a glob picks the files it matches."""
+    pytest.importorskip("pyarrow")
+    from onnxsal.dataset import read_results
+
+    out = tmp_path / "out"
+    results = onnxsal.explain_dataset(MODEL, str(photos / "*.png"), out, method=METHOD, batch_size=3, cache=cache,
+                                      engine="local")
+    assert sorted(r.image.name for r in results) == ["astronaut.png", "broken.png", "coffee.png", "moon.png", "rocket.png"]
+    assert read_results(out, METHOD).num_rows == 5
+    _, expected = local
+    for r in results:
+        ref = expected[str(r.image.resolve())]
+        assert (r.predicted, r.score, r.error) == (ref.predicted, ref.score, ref.error)
+        if not r.error:
+            assert np.array_equal(np.load(r.written[1]), np.load(ref.written[1]))
+
+
+def test_bad_sources_are_one_sentence(photos, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from onnxsal.dataset import resolve_sources
+    from onnxsal.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="no files match"):
+        resolve_sources(str(photos / "*.tiff"))
+    pq.write_table(pa.table({"file": ["a.png"]}), tmp_path / "nopath.parquet")
+    with pytest.raises(InvalidInputError, match="needs a 'path' column"):
+        resolve_sources(tmp_path / "nopath.parquet")
+    with pytest.raises(InvalidInputError, match="either Parquet sources or image files"):
+        resolve_sources([tmp_path / "nopath.parquet", photos])
+    with pytest.raises(InvalidInputError, match="engine must be one of"):
+        onnxsal.explain_dataset(MODEL, photos, tmp_path / "x", engine="spark")
+    assert not (tmp_path / "x").exists()
