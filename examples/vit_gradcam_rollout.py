@@ -30,7 +30,7 @@ import numpy as np
 import _common as common
 import onnxsal
 from onnxsal import visualize as vis
-from onnxsal.tokens import attention_blocks
+from onnxsal.vit import attention_blocks
 
 DOCS_FIGURE = common.ROOT / "docs" / "figures" / "vit_gradcam_rollout.png"
 MEAN = np.array([0.5, 0.5, 0.5], np.float32)  # timm's ViT normalisation

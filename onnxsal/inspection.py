@@ -14,7 +14,7 @@ from .autodiff.rules.activations import is_rectifier_node
 from .errors import NeedsShapesError, OnnxsalError
 from .explainer import Explainer
 from .layers import feature_maps, guess_layout, resolve_layer
-from .tokens import token_layer
+from .vit import token_layer
 from .prepare import LOWERINGS
 from .text.embeddings import ALIASES as EMBEDDING_ALIASES, find_embeddings, resolve as resolve_embeddings
 

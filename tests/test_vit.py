@@ -51,7 +51,7 @@ import onnxsal  # noqa: E402
 from onnxsal.autodiff.graph import GraphView  # noqa: E402
 from onnxsal.errors import InvalidInputError  # noqa: E402
 from onnxsal.methods.graphs import GraphEditor  # noqa: E402
-from onnxsal.tokens import attention_blocks  # noqa: E402
+from onnxsal.vit import attention_blocks  # noqa: E402
 
 GRADCAM_TOL = 1e-4
 ROLLOUT_TOL = 1e-5

@@ -1,7 +1,7 @@
 """Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers"), as one graph.
 
 The attention probabilities A_l [N, heads, T, T] of every self-attention block on the path from the
-image to the output (`onnxsal.tokens.attention_blocks`: the Softmax outputs over keys) are fused
+image to the output (`onnxsal.vit.attention_blocks`: the Softmax outputs over keys) are fused
 over heads (mean by default; max or min), the identity is added for the residual connection and
 the rows renormalised, Â_l = (A_l + I) / rowsum, and the layers are multiplied through,
 R = Â_L ··· Â_2 Â_1. The class token's row of R over the h·w patch tokens, reshaped to the patch
@@ -28,7 +28,7 @@ from onnx import helper
 from ..errors import InvalidInputError, NeedsShapesError
 from ..layers import guess_layout
 from ..perturbation.score_cam import forward_path
-from ..tokens import attention_blocks, patch_grid
+from ..vit import attention_blocks, patch_grid
 from . import Method, register
 from .gradcam import INTERPOLATIONS, _upsample
 from .graphs import AttributionGraph, GraphEditor

@@ -5,7 +5,7 @@ g²/(2g² + ΣA·g³)); map = ReLU(Σ_k α_k A_k), upsampled to the input's spat
 default), min-max normalised per sample unless normalize=False. Guided Grad-CAM multiplies guided
 backprop by the upsampled map (Captum's definition), with a second backward pass from the same seed.
 
-On a vision transformer the layer is a token map [N, T, D] (`onnxsal.tokens`): the prefix tokens
+On a vision transformer the layer is a token map [N, T, D] (`onnxsal.vit`): the prefix tokens
 (class, distillation, register) are dropped and the h·w patch tokens read as the grid [N, D, h, w]
 (h, w from the patch embedding Conv, or `grid=`), then the same weights, ReLU and upsampling. The
 default layer there is the input of the last attention block (pytorch-grad-cam's `blocks[-1].norm1`).
@@ -20,7 +20,7 @@ from onnx import helper
 from ..autodiff import GRADIENT, SeedSpec, differentiable_path, differentiate, rule_set
 from ..errors import InvalidInputError
 from ..layers import feature_maps, guess_layout, resolve_layer
-from ..tokens import TokenMap, token_layer
+from ..vit import TokenMap, token_layer
 from . import Method, register
 from .graphs import AttributionGraph, GraphEditor
 
