@@ -505,6 +505,16 @@ def test_cosine_similarity_between_two_sentences(sentence):
         similarity_seed(np.zeros(4))
 
 
+def test_bad_baselines_are_one_sentence(bert):
+    ids = bert.feeds["input_ids"]
+    cases = [("ids", "is for compile"), ({"nope": ids}, "neither a model input"),
+             (ids[:, :3], "must have shape"), (np.zeros(ids.shape + (7,), np.float32), "must be a scalar or have shape"),
+             ({"input_ids": ids.astype(np.float32)}, "must hold int64")]
+    for baselines, words in cases:
+        with pytest.raises(InvalidInputError, match=words):
+            bert.ex.attribute(bert.feeds, target=TARGET, method="integrated_gradients", baselines=baselines, n_steps=2)
+
+
 # ---------------------------------------------------------------------------------------- token scores
 
 

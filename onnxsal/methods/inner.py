@@ -106,6 +106,9 @@ def inner_baselines(explainer, feeds: dict[str, np.ndarray], names: tuple[str, .
     from .integrated_gradients import baseline_for
 
     inputs = {s.name: s for s in explainer.inputs}
+    if isinstance(baselines, str):
+        raise InvalidInputError(f"baselines={baselines!r} names no baseline here: pass the baseline token ids as an "
+                                f"array (onnxsal.text.reference_ids), a float array or a number ('ids' is for compile).")
     if isinstance(baselines, dict):
         unknown = [k for k in baselines if k not in inputs and k not in names]
         if unknown:
