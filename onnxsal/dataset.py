@@ -238,16 +238,32 @@ class Job:
     threads: int | None = None  # ONNX Runtime's intra-op threads in each actor (CPU actors: its CPUs)
 
 
+@dataclass
+class Work:
+    """Which rows a run does and what they are called, sent to each actor once; kept small for millions
+    of images: only the stems that differ from the file's own (repeated names) and, when some items
+    are already done, the set of those to do (else every row given to a worker is to do)."""
+
+    renamed: dict[str, str] = field(default_factory=dict)
+    only: set[str] | None = None
+
+    def wants(self, key: str) -> bool:
+        return self.only is None or key in self.only
+
+    def stem(self, key: str) -> str:
+        return self.renamed.get(key) or Path(key).stem
+
+
 class DatasetWorker:
     """The callable class `map_batches` builds one actor from: the model plan (sessions included) is
     made once, in `__init__`; each call explains one batch of rows (`path`, and maybe encoded
     bytes), writes the overlays, maps and the batch's Parquet part, and returns a small summary."""
 
-    def __init__(self, job: Job, stems: dict[str, str], prepared=None):
+    def __init__(self, job: Job, work: Work, prepared=None):
         self.job = job
         if job.threads:  # before any session exists: ONNX Runtime reads it when a session is made
             os.environ.setdefault("ORT_INTRA_OP_NUM_THREADS", str(job.threads))
-        self.stems = stems  # source -> output stem, for the items this run does (others are dropped)
+        self.work = work
         self.out = Path(job.out_dir)
         if prepared is None:
             prepared = plan(job.model, job.method, job.target, job.preset, job.size, job.softmax, job.batch_size,
@@ -270,12 +286,12 @@ class DatasetWorker:
         keys = [str(k) for k in batch[PATH_COLUMN]]
         column = job.bytes_column if job.bytes_column in batch else "bytes" if "bytes" in batch else None
         blobs = list(batch[column]) if column else [None] * len(keys)
-        rows = [(k, b) for k, b in zip(keys, blobs) if k in self.stems]
+        rows = [(k, b) for k, b in zip(keys, blobs) if self.work.wants(k)]
         items, maps = [], []
         for start in range(0, len(rows), self.plan.batch_size):
             chunk, loaded = [], []
             for key, data in rows[start:start + self.plan.batch_size]:
-                png, npy = output_paths(self.out, self.stems[key], job.method)
+                png, npy = output_paths(self.out, self.work.stem(key), job.method)
                 item = (Explained(Path(key)), png, npy)
                 chunk.append(item)
                 try:
@@ -319,7 +335,7 @@ class DatasetWorker:
         tensor = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), list(shape)), storage)
         col = {
             "source": pa.array([str(r.image) for r, _, _ in items], pa.string()),
-            "stem": pa.array([self.stems[str(r.image)] for r, _, _ in items], pa.string()),
+            "stem": pa.array([self.work.stem(str(r.image)) for r, _, _ in items], pa.string()),
             "method": pa.array([self.job.method] * len(items), pa.string()),
             "predicted": pa.array([r.predicted if o else None for (r, _, _), o in zip(items, ok)], pa.int64()),
             "label": pa.array([r.label if o else None for (r, _, _), o in zip(items, ok)], pa.string()),
@@ -426,7 +442,9 @@ def explain_dataset(
             todo.append(key)
     _drop_rows(folder, set(todo) & set(rows))
     folder.mkdir(parents=True, exist_ok=True)
-    work = {k: stems[k] for k in todo}
+    # a file source is read for the items to do only; a Parquet source is read whole, its done rows dropped
+    only = set(todo) if sources.parquet and len(todo) < len(stems) else None
+    work = Work({k: stems[k] for k in todo if stems[k] != Path(k).stem}, only)
     cls = worker_class or DatasetWorker
     if progress is None:
         progress = sys.stderr.isatty()
@@ -456,7 +474,7 @@ def _summaries(batch: dict) -> list[dict]:
              "label": str(batch["label"][i]), "error": str(batch["error"][i])} for i in range(len(batch["source"]))]
 
 
-def _run_local(cls, job: Job, work: dict, sources: Sources, todo: list[str], check) -> list[dict]:
+def _run_local(cls, job: Job, work: Work, sources: Sources, todo: list[str], check) -> list[dict]:
     """The same worker, in this process, over the same batches (no Ray)."""
     worker = cls(job, work, prepared=check)  # the plan made (and checked) by the caller
     out = []
@@ -472,7 +490,7 @@ def _run_local(cls, job: Job, work: dict, sources: Sources, todo: list[str], che
     return out
 
 
-def _run_ray(ray, cls, job: Job, work: dict, sources: Sources, todo: list[str], address, actors, cpus_per_actor,
+def _run_ray(ray, cls, job: Job, work: Work, sources: Sources, todo: list[str], address, actors, cpus_per_actor,
              gpus_per_actor, max_retries: int, providers, progress: bool) -> list[dict]:
     started = False
     if not ray.is_initialized():

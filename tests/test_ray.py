@@ -181,6 +181,14 @@ def test_parquet_source_through_the_cli(cluster, photos, cache, local, tmp_path)
                "--actors", "1", "--cache-dir", cache, "-o", str(out)])
     assert rc == 1  # broken.png fails, and is reported
     _assert_same_as_local(out, local)
+    (out / f"astronaut.{METHOD}.png").unlink()
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    rc = main(["explain", MODEL, str(tmp_path / "photos.parquet"), "-m", METHOD, "-b", "3", "--engine", "ray",
+               "--actors", "1", "--cache-dir", cache, "--resume", "-o", str(out)])
+    assert rc == 1
+    for p, t in before.items():  # a resumed Parquet source: the done rows are read but not redone
+        assert (p.stat().st_mtime_ns > t) == p.name.startswith("astronaut."), p.name
+    _assert_same_as_local(out, local)
 
 
 def _unstartable_worker():
