@@ -694,3 +694,17 @@ def test_relevance_is_conserved(arch):
     gap = np.abs(total(emb) + absorbed - logits) / np.abs(logits)
     assert np.isfinite(out[emb]).all() and gap.max() < CONSERVE_TOL, gap
     assert np.abs(absorbed).max() > 0  # the softmax rule does absorb (the check is not vacuous)
+
+
+@pytest.mark.parametrize("composite", ["EpsilonPlusFlat", "Epsilon"])
+def test_cnn_composites_run_on_bert(composite):
+    """The composites made for CNNs also run on a transformer export: the MatMuls of two activations
+    get Uniform's epsilon split (before, they handed the output's relevance on with the wrong shape
+    and onnxruntime refused the graph). Padded tokens get no relevance: attention gives them
+    probability 0, and the classifier reads only [CLS]."""
+    _, proto, feeds, emb = hf_case("bert")
+    ours = onnxsal.Explainer(proto, providers="cpu").attribute(feeds, target=np.array([0, 1, 3]), method="lrp",
+                                                               composite=composite, wrt=emb)
+    assert ours.shape == (3, 7, 32) and np.isfinite(ours).all()
+    tokens = np.abs(ours).sum(-1)
+    assert tokens[1, :5].min() > 0 and tokens[1, 5:].max() <= 1e-6 * tokens.max()

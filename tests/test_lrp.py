@@ -502,6 +502,44 @@ def test_norm_on_sums_splits_by_contribution():
         assert rel(ours[k], v * s) < TOL, k
 
 
+def test_uniform_on_products_of_activations():
+    """Uniform gives each of the k factors R/k: as it is for an elementwise Mul of equal shapes; for a
+    MatMul of two activations (attention · values) and a broadcasting Mul, spread by each factor's
+    epsilon contribution, R_a = a ⊙ J_aᵀ(R / (k·stabilise(z))) (before, R itself was handed on and
+    the MatMul's factors got a relevance of the output's shape)."""
+    rng = np.random.default_rng(11)
+
+    def run(node, shapes, out_shape, feeds, r):
+        model = _two_inputs([node], shapes, out_shape)
+        return onnxsal.Explainer(model, providers="cpu").attribute(
+            {k: v.astype(np.float32) for k, v in feeds.items()}, target=r.astype(np.float32), method="lrp",
+            composite={"product": "uniform"}, wrt=list(feeds))
+
+    a, b = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
+    r = rng.normal(size=(2, 3, 4))
+    ours = run(helper.make_node("Mul", ["a", "b"], ["y"], name="mul"), {"a": (3, 4), "b": (3, 4)}, (3, 4),
+               {"a": a, "b": b}, r)
+    assert rel(ours["a"], r / 2) < TOL and rel(ours["b"], r / 2) < TOL
+
+    a, b = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 4, 5))
+    r = rng.normal(size=(2, 3, 5))
+    ours = run(helper.make_node("MatMul", ["a", "b"], ["y"], name="mm"), {"a": (3, 4), "b": (4, 5)}, (3, 5),
+               {"a": a, "b": b}, r)
+    s = r / (2 * stabilise(a @ b))
+    ref_a, ref_b = a * (s @ b.transpose(0, 2, 1)), b * (a.transpose(0, 2, 1) @ s)
+    assert ours["a"].shape == a.shape and ours["b"].shape == b.shape
+    assert rel(ours["a"], ref_a) < TOL and rel(ours["b"], ref_b) < TOL
+    for part in (ours["a"], ours["b"]):  # each factor gets half of the relevance, sample by sample
+        assert np.allclose(part.reshape(2, -1).sum(1), r.reshape(2, -1).sum(1) / 2, rtol=1e-4)
+
+    a, b = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 1, 4))
+    r = rng.normal(size=(2, 3, 4))
+    ours = run(helper.make_node("Mul", ["a", "b"], ["y"], name="bmul"), {"a": (3, 4), "b": (1, 4)}, (3, 4),
+               {"a": a, "b": b}, r)
+    s = r / (2 * stabilise(a * b))
+    assert rel(ours["a"], a * s * b) < TOL and rel(ours["b"], (b * s * a).sum(1, keepdims=True)) < TOL
+
+
 def test_stabiliser_takes_sign_of_zero_as_plus():
     """Where the denominator is exactly 0, stabilise(0) = +ε (Zennit): R_k = x_k R / ε, finite."""
     a = np.array([[1.0, -2.0, 0.5]])

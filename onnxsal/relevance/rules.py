@@ -124,10 +124,25 @@ class Pass(LrpRule):
 
 @dataclass(frozen=True)
 class Uniform(LrpRule):
+    """R/k to each of the k factors of a product of activations on the path.
+
+    An elementwise product whose factors all have the output's shape hands R/k itself. Any other
+    product (a MatMul of two activations such as attention · values, a broadcasting Mul) cannot
+    hand R over as it is; there each factor's share is spread by its epsilon contribution,
+    R_a = a ⊙ J_aᵀ(R / (k·stabilise(z))), which sums to R/k because the product is linear in each
+    factor."""
+
+    stabilizer: float = DEFAULT_STABILIZER
+
     def backward(self, ctx, r):
         k = sum(ctx.wants)
-        share = r if k == 1 else ctx.op("Mul", [r, ctx.scalar(1.0 / k)])
-        return [share if w else None for w in ctx.wants]
+        on = [x for x, w in zip(ctx.node.input, ctx.wants) if w]
+        if ctx.node.op_type == "Mul" and all(_same_shape(ctx.shape(x), ctx.shape(ctx.y)) for x in on):
+            share = r if k == 1 else ctx.op("Mul", [r, ctx.scalar(1.0 / k)])
+            return [share if w else None for w in ctx.wants]
+        s = ctx.op("Div", [r, ctx.op("Mul", [stabilise(ctx, ctx.y, self.stabilizer), ctx.scalar(float(k))])])
+        return [ctx.op("Mul", [x, g]) if w and g is not None else None
+                for x, g, w in zip(ctx.node.input, ctx.base(s), ctx.wants)]
 
 
 @dataclass(frozen=True)
@@ -263,6 +278,13 @@ class ZBox(_LinearRule):
         out = ctx.op("Sub", [out, ctx.op("Mul", [lo, layer.backward(s, wp)])])
         out = ctx.op("Sub", [out, ctx.op("Mul", [hi, layer.backward(s, wn)])])
         return layer.relevance(out)
+
+
+def _same_shape(a, b) -> bool:
+    """Whether two (possibly symbolic) shapes are known to be equal: same rank, each dim the same
+    number or the same symbol."""
+    return a is not None and b is not None and len(a) == len(b) and all(
+        p == q and p is not None and p != "" for p, q in zip(a, b))
 
 
 def _shapes_differ(a, b) -> bool:
