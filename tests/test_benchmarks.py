@@ -103,3 +103,22 @@ def test_relevance_benchmark_runs_on_a_tiny_setting(tmp_path):
     assert gap["captum"] > 1e-2 and deeplift["max_rel_diff"] > 1e-2  # max_unpool2d keeps one of two overlapping windows
     table = out.with_suffix(".md").read_text()
     assert "lrp_epsilon_plus_flat vs zennit" in table and "deeplift vs captum" in table and "interleaved" in table
+
+
+def test_dataset_benchmark_runs_on_a_tiny_setting(tmp_path):
+    """benchmarks.dataset: the local path and Ray with one actor on 6 photos and the bundled MNIST model;
+    the Ray run's maps must equal the local run's (the harness fails otherwise)."""
+    import pytest
+
+    pytest.importorskip("ray")
+    run = subprocess.run([sys.executable, "-m", "benchmarks.dataset", "--model", "mnist", "--images", "6", "--batch", "3",
+                          "--actors", "1", "--rounds", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads((tmp_path / "dataset.json").read_text())
+    assert report["images"] == 6 and report["size"] == 28 and report["machine"]["ray"]
+    local, ray_run = report["runs"]
+    assert local["engine"] == "local" and local["images_per_s"] > 0
+    assert ray_run["engine"] == "ray" and ray_run["actors"] == 1 and ray_run["images_per_s"] > 0
+    assert ray_run["same_maps_as_local"] is True and ray_run["pool_images_per_s"] > 0 and len(ray_run["seconds"]) == 1
+    assert "| ray | 1 |" in (tmp_path / "dataset.md").read_text()
