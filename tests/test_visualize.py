@@ -105,6 +105,17 @@ def test_constant_maps_become_zeros_not_nan():
     np.testing.assert_array_equal(vis.normalize_signed(np.zeros((2, 3, 3))), 0)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 101, 224 * 224])
+@pytest.mark.parametrize("q", [0.5, 50, 99, 99.9, 100])
+def test_percentile_is_numpys(n, q):
+    """The partition-based per-row percentile equals np.percentile's default (linear) method."""
+    x = np.random.default_rng(n).normal(size=(3, n)).astype(np.float32)
+    np.testing.assert_allclose(vis._row_percentile(x, q), np.percentile(x, q, axis=1), rtol=1e-6, atol=1e-7)
+    top = vis.normalize_signed(x.reshape(3, 1, n), percentile=q)
+    np.testing.assert_allclose(top, np.clip(x.reshape(3, 1, n) / np.percentile(np.abs(x), q, axis=1)[:, None, None], -1, 1),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_percentile_clips_hot_pixels(rng):
     m = rng.random((1, 20, 20)).astype(np.float32)
     m[0, 0, 0] = 1000.0
