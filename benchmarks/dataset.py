@@ -77,14 +77,10 @@ def machine() -> dict:
     import pyarrow
     import ray
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from benchmarks.run import cpu_name
+
     load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
-    return {"platform": platform.platform(), "processor": cpu, "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+    return {"platform": platform.platform(), "processor": cpu_name(), "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
             "ray": ray.__version__, "pyarrow": pyarrow.__version__, "load_average_1min_at_start": load}
 
 

@@ -58,18 +58,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
 def machine(device: str) -> dict:
     """What the numbers were measured on: CPU model and count, library versions, the device."""
     import onnxruntime
     import torch
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "processor": cpu, "cpus": os.cpu_count(), "device": device,
+    return {"platform": platform.platform(), "processor": cpu_name(), "cpus": os.cpu_count(), "device": device,
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
 
 

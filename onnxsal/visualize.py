@@ -14,11 +14,15 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image  # ImageDraw and ImageFont only where figures get titles
 
 from .io_utils import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from PIL import ImageDraw
 
 __all__ = [
     "CMAPS", "apply_cmap", "colormap", "grid", "normalize", "normalize_signed", "overlay",

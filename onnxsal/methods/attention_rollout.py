@@ -30,7 +30,7 @@ from ..layers import guess_layout
 from ..perturbation.score_cam import forward_path
 from ..vit import attention_blocks, patch_grid
 from . import Method, register
-from .gradcam import INTERPOLATIONS, _upsample
+from .gradcam import INTERPOLATIONS, input_sized
 from .graphs import AttributionGraph, GraphEditor
 
 HEAD_FUSIONS = {"mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}
@@ -85,15 +85,7 @@ def build_rollout(explainer, target_kind, softmax, wrt, head_fusion="mean", disc
         joint = aug if joint is None else e.op("MatMul", [aug, joint])
     row = e.slice(joint, [0, prefix], [1, prefix + h * w], [1, 2])  # the class token's row over the patches [N, 1, h·w]
     cam = e.op("Reshape", [row, e.ints([0, 1, h, w], name="grid")])
-    x_layout = guess_layout(x_shape)
-    cam = _upsample(e, cam, x, x_layout, interpolation, dtype)
-    if normalize:
-        lo = e.reduce("ReduceMin", cam, [1, 2, 3], keepdims=1)
-        span = e.op("Max", [e.op("Sub", [e.reduce("ReduceMax", cam, [1, 2, 3], keepdims=1), lo]),
-                            e.scalar(max(1e-12, float(np.finfo(dtype).tiny)), dtype, name="tiny")])
-        cam = e.op("Div", [e.op("Sub", [cam, lo]), span])
-    if x_layout == "NHWC":
-        cam = e.transpose(cam, [0, 2, 3, 1])
+    cam = input_sized(e, cam, x, x_shape, interpolation, dtype, normalize)
     out = e.fresh("attention_rollout")
     et = view.elem_type(x)
     if et != helper.np_dtype_to_tensor_dtype(dtype):
@@ -101,7 +93,7 @@ def build_rollout(explainer, target_kind, softmax, wrt, head_fusion="mean", disc
     e.op("Identity", [cam], out=out)
     target_input, seed_input = _ignored_target(ed, explainer, x_shape, target_kind)
     shape = list(x_shape)
-    shape[1 if x_layout == "NCHW" else 3] = 1
+    shape[1 if guess_layout(x_shape) == "NCHW" else 3] = 1
     model = ed.finish([(out, et, shape)])
     return AttributionGraph(model, {x: out}, target_input, seed_input)
 

@@ -53,6 +53,19 @@ def _weights(e, grad: str, activations: str, spatial: list[int], plus: bool, dty
     return e.reduce("ReduceSum", e.op("Mul", [e.op("Relu", [grad]), alpha]), spatial, keepdims=1)
 
 
+def input_sized(e, cam: str, x: str, x_shape, interpolation: str, dtype, normalize: bool) -> str:
+    """A map [N,1,h,w] brought to the input's size (`interpolation`), min-max normalised per sample
+    when `normalize`, and to the input's layout (NHWC inputs get [N,H,W,1])."""
+    x_layout = guess_layout(x_shape)
+    cam = _upsample(e, cam, x, x_layout, interpolation, dtype)
+    if normalize:
+        lo = e.reduce("ReduceMin", cam, [1, 2, 3], keepdims=1)
+        span = e.op("Max", [e.op("Sub", [e.reduce("ReduceMax", cam, [1, 2, 3], keepdims=1), lo]),
+                            e.scalar(max(1e-12, float(np.finfo(dtype).tiny)), dtype, name="tiny")])
+        cam = e.op("Div", [e.op("Sub", [cam, lo]), span])
+    return e.transpose(cam, [0, 2, 3, 1]) if x_layout == "NHWC" else cam
+
+
 def _upsample(e, cam: str, x: str, x_layout: str, interpolation: str, dtype) -> str:
     """cam [N,1,h,w] resized to x's spatial size."""
     shape_x = e.op("Shape", [x])
@@ -92,17 +105,7 @@ def build_gradcam(explainer, target_kind, softmax, wrt, layer=None, interpolatio
         cam = e.op("Relu", [e.reduce("ReduceSum", e.op("Mul", [weights, fm.value]), [fm.channel_axis], keepdims=1)])
         if fm.layout == "NHWC":
             cam = e.transpose(cam, [0, 3, 1, 2])
-    x_layout = guess_layout(x_shape)
-    cam = _upsample(e, cam, x, x_layout, interpolation, dtype)
-    if normalize is None:
-        normalize = not guided
-    if normalize:
-        lo = e.reduce("ReduceMin", cam, [1, 2, 3], keepdims=1)
-        span = e.op("Max", [e.op("Sub", [e.reduce("ReduceMax", cam, [1, 2, 3], keepdims=1), lo]),
-                            e.scalar(max(1e-12, float(np.finfo(dtype).tiny)), dtype, name="tiny")])
-        cam = e.op("Div", [e.op("Sub", [cam, lo]), span])
-    if x_layout == "NHWC":
-        cam = e.transpose(cam, [0, 2, 3, 1])
+    cam = input_sized(e, cam, x, x_shape, interpolation, dtype, normalize=not guided if normalize is None else normalize)
     out = e.fresh(name)
     if guided:
         e.op("Mul", [guided_grad, cam], out=out)
@@ -111,7 +114,7 @@ def build_gradcam(explainer, target_kind, softmax, wrt, layer=None, interpolatio
     et = explainer.view.elem_type(x)
     shape = [x_shape[0], x_shape[1], x_shape[2], x_shape[3]]
     if not guided:
-        shape[1 if x_layout == "NCHW" else 3] = 1
+        shape[1 if guess_layout(x_shape) == "NCHW" else 3] = 1
     model = ed.finish([(out, et, shape)], drop=tuple(drop))
     return AttributionGraph(model, {x: out}, gg.target_input, gg.seed_input, {"layer": fm.value})
 

@@ -20,7 +20,7 @@ Kinds of nodes (a node's kind depends on which of its inputs lie on the path):
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import onnx
 
