@@ -627,3 +627,46 @@ def test_missing_tokenizers_package_is_one_sentence(monkeypatch, tokenizer_file)
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     with pytest.raises(InvalidInputError, match="needs the 'tokenizers' package"):
         load_tokenizer(tokenizer_file)
+
+
+def test_token_page_in_headless_chromium(tmp_path):
+    """The coloured-token page as a real browser draws it: headless Chromium (Playwright, the system
+    browser) opens the file, every token is a highlighted <mark> whose computed background is the
+    colour of its score (green for, red against, white at 0), '##' pieces attach to the word before
+    them, and a screenshot is written for a person to look at (out/test_text/tokens.png)."""
+    import importlib.util
+    import os
+    import re
+
+    from onnxsal.text.render import TokenRow, save_tokens_html, token_colour
+
+    chromium = os.environ.get("ONNXSAL_CHROMIUM", "/usr/bin/chromium")
+    if not os.path.isfile(chromium) or importlib.util.find_spec("playwright") is None:
+        pytest.fail(f"this test needs Chromium ({chromium}) and Playwright: run `make web-deps`", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    rows = [TokenRow(["[CLS]", "not", "good", "at", "all", "[SEP]"], [0.0, -2.0, 1.0, 0.1, -0.5, 0.0], "class 1"),
+            TokenRow(["[CLS]", "a", "charm", "##ing", "film", "[SEP]"], [0.0, 0.2, 0.9, 1.8, 0.3, 0.0], "class 1")]
+    page_file = save_tokens_html(rows, tmp_path / "tokens.html")
+    shots = Path(__file__).resolve().parents[1] / "out" / "test_text"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 400})
+            page.goto(page_file.resolve().as_uri())
+            marks = page.eval_on_selector_all("table mark", "ms => ms.map(m => [m.textContent, getComputedStyle(m).backgroundColor])")
+            cells = page.eval_on_selector_all("table tr td:last-child", "cs => cs.map(c => c.innerText)")
+            page.screenshot(path=str(shots / "tokens.png"), full_page=True)
+        finally:
+            browser.close()
+    assert [t for t, _ in marks] == ["[CLS]", "not", "good", "at", "all", "[SEP]", "[CLS]", "a", "charm", "ing", "film", "[SEP]"]
+    expected = []
+    for row in rows:
+        top = max(abs(s) for s in row.scores)
+        expected += [token_colour(s / top) for s in row.scores]
+    seen = [tuple(int(v) for v in re.findall(r"\d+", colour)[:3]) for _, colour in marks]
+    assert seen == expected
+    assert seen[1][0] > seen[1][1] and seen[2][1] > seen[2][0] and seen[0] == (255, 255, 255)  # red, green, white
+    assert "charming" in cells[1]  # the ## piece drawn attached
+    assert (shots / "tokens.png").stat().st_size > 1000
