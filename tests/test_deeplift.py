@@ -11,7 +11,7 @@
      small CNN puts a Conv in between, resnet18's stem a clone;
    - Captum's maxpool rule unpools with max_unpool2d, which keeps one of the contributions of
      overlapping windows (resnet18's 3x3 stride-2 pool) instead of adding them; resnet18 is compared
-     with Captum's rule with its unpooling done by autograd (`maxpool_added`).
+     with Captum's rule with its unpooling done by autograd (`benchmarks.relevance.maxpool_routed`).
 2. Where Captum is wrong: a ReLU module called twice, and a functional F.relu, against a NumPy
    DeepLIFT; RevealCancel (no Captum reference) against a NumPy transcription of the paper's rules.
 3. Summation-to-delta, the compiled graph in a process that never imports onnxsal, bad input.
@@ -38,6 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import onnxsal  # noqa: E402
 from onnxsal.errors import InvalidInputError, UnsupportedModelError  # noqa: E402
+from benchmarks.relevance import maxpool_routed  # noqa: E402  (Captum's rule, overlaps added)
 
 TOL = 1e-4  # max|ours - captum| / max|captum|, float32
 pytestmark = pytest.mark.filterwarnings(
@@ -117,23 +118,6 @@ def resnet18() -> nn.Module:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
     return model.eval()
-
-
-def maxpool_added(module, inputs, outputs, grad_input, grad_output, eps=1e-10):
-    """Captum's maxpool rule (captum.attr._core.deep_lift.maxpool) with the contributions routed by
-    autograd, so that windows sharing a maximum add them up (max_unpool2d keeps one)."""
-    with torch.no_grad():
-        x, x_ref = inputs.chunk(2)
-        y, y_ref = outputs.chunk(2)
-        delta_in = torch.cat(2 * [x - x_ref])
-        top = torch.max(y, y_ref)
-        delta_out = torch.cat([top - y_ref, y - top])
-    with torch.enable_grad():
-        xin = module.input.detach().requires_grad_(True)
-        pooled = F.max_pool2d(xin, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
-        (routed,) = torch.autograd.grad(pooled, xin, grad_output * delta_out)
-    u = torch.cat(2 * [sum(routed.chunk(2))])
-    return torch.where(abs(delta_in) < eps, grad_input, u / delta_in)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +211,7 @@ def test_deeplift_matches_captum_on_resnet18(resnet, monkeypatch):
     model, ex = resnet
     x, b = inputs(12, 2, (3, 64, 64)), inputs(13, 2, (3, 64, 64), scale=0.2)
     stock = numpy_of(captum_attr.DeepLift(model).attribute(x, baselines=b, target=[1, 2]))
-    monkeypatch.setitem(captum_deep_lift.SUPPORTED_NON_LINEAR, nn.MaxPool2d, maxpool_added)
+    monkeypatch.setitem(captum_deep_lift.SUPPORTED_NON_LINEAR, nn.MaxPool2d, maxpool_routed)
     ref, ref_delta = captum_attr.DeepLift(model).attribute(x, baselines=b, target=[1, 2], return_convergence_delta=True)
     ours, delta = ex.attribute(x.numpy(), target=[1, 2], method="deeplift", baselines=b.numpy(),
                                return_convergence_delta=True)

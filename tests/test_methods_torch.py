@@ -52,6 +52,7 @@ import torch.nn as nn  # noqa: E402
 from captum.attr._utils.approximation_methods import approximation_parameters  # noqa: E402
 
 import onnxsal  # noqa: E402
+from tests.tiny import rel  # noqa: E402
 
 TOL = 1e-4  # max|ours - reference| / max|reference| against Captum / torch
 SAMPLE = (3, 64, 64)
@@ -68,14 +69,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:The feature will be removed:DeprecationWarning",
     "ignore:Input Tensor 0 did not already require gradients:UserWarning",
 )
-
-
-def rel(ours, ref) -> float:
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    scale = np.abs(ref).max()
-    assert scale > 0, "the reference is all zeros"
-    return float(np.abs(ours - ref).max() / scale)
 
 
 def per_image_rel(ours, ref) -> np.ndarray:

@@ -45,6 +45,7 @@ from onnxsal.errors import InvalidInputError  # noqa: E402
 from onnxsal.text import (embedding_output, embedding_sum, encode, explain_text, find_embeddings, load_tokenizer,  # noqa: E402
                           logit_seed, reference_ids, similarity_seed, token_scores, tokens_html, word_embeddings,
                           TokenRow)
+from tests.tiny import rel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -54,14 +55,6 @@ WORDS = ("the a movie film was is not very good bad great boring plot acting sto
          "really quite funny dull actors music ending long short best worst").split()
 PIECES = ["##s", "##ed", "##ing", "##ly"]
 SENTENCES = ["the movie was not very good but the acting was great", "i loved this film"]
-
-
-def rel(ours, ref) -> float:
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    scale = np.abs(ref).max()
-    assert scale > 0, "the reference is all zeros"
-    return float(np.abs(ours - ref).max() / scale)
 
 
 def vocabulary() -> dict[str, int]:

@@ -50,6 +50,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxsal
 from onnxsal.text import embedding_output, embedding_sum, find_embeddings, token_scores, word_embeddings
+from tests.test_text import Bert  # the logits of a BERT called on (ids, mask, token types)
+from tests.tiny import rel
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # max|keras - torch| / max|torch|, attributions and token scores
@@ -63,14 +65,6 @@ CLS, SEP, PAD = 2, 3, 0
 needs_tf = pytest.mark.skipif(
     importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tf2onnx") is None
     or importlib.util.find_spec("keras") is None, reason="needs tensorflow, keras and tf2onnx (the 'tensorflow' extra)")
-
-
-def rel(ours, ref) -> float:
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    scale = np.abs(ref).max()
-    assert scale > 0, "the reference is all zeros"
-    return float(np.abs(ours - ref).max() / scale)
 
 
 def token_batch() -> dict[str, np.ndarray]:
@@ -131,16 +125,8 @@ def exports(tmp_path_factory) -> Exports:
          str(folder), "--heads", str(HEADS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
 
-    class Logits(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-
     try:
-        wrapper = Logits(model).eval()
+        wrapper = Bert(model).eval()
         args = tuple(torch.from_numpy(feeds[k]) for k in INPUTS)
         axes = {n: {0: "batch", 1: "sequence"} for n in INPUTS}
         axes["logits"] = {0: "batch"}

@@ -52,17 +52,10 @@ from onnxsal.autodiff.graph import GraphView  # noqa: E402
 from onnxsal.errors import InvalidInputError  # noqa: E402
 from onnxsal.methods.graphs import GraphEditor  # noqa: E402
 from onnxsal.vit import attention_blocks  # noqa: E402
+from tests.tiny import rel  # noqa: E402
 
 GRADCAM_TOL = 1e-4
 ROLLOUT_TOL = 1e-5
-
-
-def rel(ours, ref) -> float:
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    scale = np.abs(ref).max()
-    assert scale > 0, "the reference is all zeros"
-    return float(np.abs(ours - ref).max() / scale)
 
 
 def one_sentence(message: str) -> bool:

@@ -49,3 +49,12 @@ def mlp_reference(model: onnx.ModelProto, x: np.ndarray):
     h = x @ w["w1"] + w["b1"]
     logits = np.maximum(h, 0) @ w["w2"] + w["b2"]
     return h, logits, w
+
+
+def rel(ours, ref) -> float:
+    """max |ours - ref| / max |ref|, in float64; shapes must match and the reference must not be all zeros."""
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    scale = np.abs(ref).max()
+    assert scale > 0, "the reference is all zeros"
+    return float(np.abs(ours - ref).max() / scale)
